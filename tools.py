@@ -193,7 +193,7 @@ def modulo(a: float, b: float) -> float:
 
 # ----------------------------------------------------------------- parsing and checking
 
-def _is_number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and abs(v) <= MAX_ABS
 
 
@@ -215,14 +215,14 @@ def check(name: Any, arguments: Any) -> str | None:
             return f"missing argument '{key}' for {name}"
     for key, value in arguments.items():
         kind = props[key]["type"]
-        if kind == "number" and not _is_number(value):
+        if kind == "number" and not is_number(value):
             return f"argument '{key}' must be a number of magnitude at most {MAX_ABS:g}"
-        if kind == "integer" and not (_is_number(value) and float(value).is_integer()):
+        if kind == "integer" and not (is_number(value) and float(value).is_integer()):
             return f"argument '{key}' must be an integer"
         if kind == "array":
             if not isinstance(value, list) or len(value) > MAX_LIST:
                 return f"argument '{key}' must be a list of at most {MAX_LIST} numbers"
-            if not all(_is_number(v) for v in value):
+            if not all(is_number(v) for v in value):
                 return f"argument '{key}' must hold only numbers"
     return None
 
@@ -282,6 +282,6 @@ def call_tool(call: dict) -> str:
         result = TOOLS[call["name"]](**call["arguments"])
     except (ValueError, OverflowError, ZeroDivisionError, TypeError) as e:
         return f"error: {e}"
-    if not _is_number(result):
+    if not is_number(result):
         return "error: result too large"
     return format_number(result)

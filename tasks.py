@@ -1,0 +1,239 @@
+"""The built-in benchmark: arithmetic word problems solved with the tools of tools.py.
+
+A *family* is a story template plus the plan of tool calls that solves it. A plan is a list
+of turns; each turn is a list of calls `(tool name, arguments)` that can run in parallel,
+and an argument "#k" stands for the result of the k-th call of the plan. Answers are
+computed by running the plan through tools.call_tool, never written by hand.
+
+In-domain (ID) families are what the student trains on. Out-of-domain (OOD) families use
+the same tools and the same words, shifted mildly (a tiny student generalizes only within
+what its training spans, so a big shift would put every method at 0%):
+  - ood_longer_total: a total of four or five numbers; ID totals have two or three.
+  - ood_area_cost:    the "square garden" story followed by a price per square meter: a new
+                      composition (power, then multiply) of phrases seen apart.
+  - ood_big_numbers:  the ID "boxes" story with 4-digit counts; ID numbers have 1 to 3 digits.
+  - ood_three_steps:  the "shirts" story followed by the "are sold ... left" phrase: three
+                      dependent calls (add, multiply, subtract); ID chains stop after two.
+Some families admit two valid strategies (sum_numbers versus a chain of add; power(x, 2)
+versus multiply(x, x)), so strict replication of the teacher and flexible matching differ.
+"""
+import math
+import random
+import re
+from dataclasses import dataclass, field
+
+import tools
+
+SYSTEM_PROMPT = "Solve the problem with the tools. Put the final answer in \\boxed{}."
+
+
+def prompt(question: str) -> list[dict]:
+    """The chat messages the student (and the teacher) start from."""
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}]
+
+
+@dataclass
+class Problem:
+    id: str
+    question: str
+    answer: str
+    split: str
+    family: str
+    plan: list = field(default_factory=list)  # the teacher's turns of calls, "#k" = k-th result
+
+
+# ------------------------------------------------------------------------- the families
+# Each family: rng, digits-range -> (question, plan). `alt` plans (other valid strategies)
+# are not stored: the student finds them or not; the teacher has one consistent style.
+
+NAMES = ["Ann", "Tom", "Mia", "Ben", "Zoe", "Sam"]
+
+
+def num(rng: random.Random, lo: int, hi: int) -> int:
+    """A number in [lo, hi] whose digit count is uniform, so short numbers are not rare."""
+    digits = rng.randint(len(str(lo)), len(str(hi)))
+    return rng.randint(max(lo, 10 ** (digits - 1)), min(hi, 10 ** digits - 1))
+
+
+def add_more(rng, lo, hi):
+    n, a, b = rng.choice(NAMES), num(rng, lo, hi), num(rng, lo, hi)
+    return f"{n} has {a} apples and buys {b} more. How many apples does {n} have?", [[("add", {"a": a, "b": b})]]
+
+
+def sold(rng, lo, hi):
+    a = num(rng, max(lo, 10), hi)
+    b = num(rng, 1, a)
+    return f"A store has {a} cups. {b} cups are sold. How many cups are left?", [[("subtract", {"a": a, "b": b})]]
+
+
+def boxes(rng, lo, hi):
+    a, b = num(rng, lo, hi), num(rng, 2, 30)
+    return f"A box holds {a} pens. How many pens are in {b} boxes?", [[("multiply", {"a": a, "b": b})]]
+
+
+def share(rng, lo, hi):
+    a, b = num(rng, lo, hi), num(rng, 3, 9)
+    q = f"{a} dollars are shared equally by {b} friends. How much does each friend get, rounded to 2 decimals?"
+    return q, [[("divide", {"a": a, "b": b})], [("round_number", {"x": "#0", "digits": 2})]]
+
+
+def total(rng, lo, hi, sizes=(2, 3)):
+    n, xs = rng.choice(NAMES), [num(rng, lo, hi) for _ in range(rng.choice(sizes))]
+    listed = ", ".join(map(str, xs[:-1])) + f" and {xs[-1]}"
+    return f"{n} scored {listed} points. How many points is that in total?", [[("sum_numbers", {"numbers": xs})]]
+
+
+def square_area(rng, lo, hi):
+    a = num(rng, max(lo, 2), hi)
+    return f"A square garden has sides of {a} meters. What is its area?", [[("power", {"base": a, "exponent": 2})]]
+
+
+def shirts(rng, lo, hi):
+    a, b, c = num(rng, lo, hi), num(rng, lo, hi), num(rng, 2, 30)
+    q = f"A shop makes {a} red and {b} blue shirts a day. How many shirts does it make in {c} days?"
+    return q, [[("add", {"a": a, "b": b})], [("multiply", {"a": "#0", "b": c})]]
+
+
+def average(rng, lo, hi):
+    xs = [num(rng, lo, hi) for _ in range(3)]
+    q = f"The temperatures were {xs[0]}, {xs[1]} and {xs[2]} degrees. What is the average, rounded down?"
+    return q, [[("sum_numbers", {"numbers": xs})], [("divide", {"a": "#0", "b": 3})], [("floor", {"x": "#1"})]]
+
+
+def cartons(rng, lo, hi):
+    a, b = num(rng, max(lo, 13), hi), num(rng, 6, 12)
+    return f"{a} eggs are packed in cartons of {b}. How many eggs are left over?", [[("modulo", {"a": a, "b": b})]]
+
+
+def side(rng, lo, hi):
+    a = num(rng, max(lo, 2), hi) ** 2
+    return f"A square field has an area of {a} square meters. How long is its side?", [[("sqrt", {"x": a})]]
+
+
+def gap(rng, lo, hi):
+    a, b = num(rng, lo, hi), num(rng, lo, hi)
+    q = f"One city is {a} meters high and another is {b} meters high. How far apart are their heights?"
+    return q, [[("subtract", {"a": a, "b": b})], [("abs_value", {"x": "#0"})]]
+
+
+def ood_longer_total(rng, lo, hi):
+    return total(rng, lo, hi, sizes=(4, 5))
+
+
+def ood_area_cost(rng, lo, hi):
+    a, c = num(rng, max(lo, 2), hi), num(rng, 2, 30)
+    q = f"A square garden has sides of {a} meters. Each square meter costs {c} dollars. What does the garden cost?"
+    return q, [[("power", {"base": a, "exponent": 2})], [("multiply", {"a": "#0", "b": c})]]
+
+
+def ood_three_steps(rng, lo, hi):
+    a, b, c = num(rng, lo, hi), num(rng, lo, hi), num(rng, 2, 30)
+    d = num(rng, 1, (a + b) * c)
+    q = f"A shop makes {a} red and {b} blue shirts a day. After {c} days, {d} shirts are sold. How many shirts are left?"
+    return q, [[("add", {"a": a, "b": b})], [("multiply", {"a": "#0", "b": c})], [("subtract", {"a": "#1", "b": d})]]
+
+
+ID_FAMILIES = {f.__name__: f for f in [add_more, sold, boxes, share, total, square_area,
+                                       shirts, average, cartons, side, gap]}
+OOD_FAMILIES = {"ood_longer_total": ood_longer_total, "ood_area_cost": ood_area_cost,
+                "ood_big_numbers": boxes, "ood_three_steps": ood_three_steps}
+ID_RANGE = (1, 999)        # 1 to 3 digits
+OOD_BIG_RANGE = (1000, 9999)
+
+
+# ----------------------------------------------------------------------- running a plan
+
+def run_plan(plan: list) -> tuple[list[list[dict]], str]:
+    """Run a plan through the tools. Returns the turns of executed calls, each call
+    {"name", "arguments" (references resolved), "result"}, and the final answer text."""
+    results, turns = [], []
+    for turn in plan:
+        done = []
+        for name, args in turn:
+            # A reference takes the *text* the tool printed, as a model reading it would.
+            args = {k: float_or_int(results[int(v[1:])]) if isinstance(v, str) else v for k, v in args.items()}
+            result = tools.call_tool({"name": name, "arguments": args})
+            if result.startswith("error"):
+                raise ValueError(f"plan step {name}({args}) failed: {result}")
+            results.append(result)
+            done.append({"name": name, "arguments": args, "result": result})
+        turns.append(done)
+    return turns, results[-1]
+
+
+def float_or_int(text: str) -> int | float:
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
+def make_problem(family: str, rng: random.Random, split: str, index: int) -> Problem:
+    fn = OOD_FAMILIES[family] if family.startswith("ood_") else ID_FAMILIES[family]
+    lo, hi = OOD_BIG_RANGE if family == "ood_big_numbers" else ID_RANGE
+    question, plan = fn(rng, lo, hi)
+    _, answer = run_plan(plan)
+    return Problem(f"{split}-{index}", question, answer, split, family, plan)
+
+
+def make_split(split: str, families: list[str], count: int, seed: int, exclude: set[str]) -> list[Problem]:
+    """`count` distinct problems, families round-robin, none whose question is in `exclude`."""
+    rng = random.Random(seed)
+    problems, seen = [], set(exclude)
+    for _ in range(100 * count):  # a family too small for `count` fails loudly, never hangs
+        if len(problems) == count:
+            return problems
+        p = make_problem(families[len(problems) % len(families)], rng, split, len(problems))
+        if p.question not in seen:
+            seen.add(p.question)
+            problems.append(p)
+    raise ValueError(f"{split}: could not draw {count} distinct problems from {families}")
+
+
+def benchmark(n_train: int = 4000, n_test: int = 300, seed: int = 0) -> dict[str, list[Problem]]:
+    """The fixed ID and OOD test sets and a training set of `n_train` problems, disjoint.
+
+    Test sets depend only on `seed` and `n_test`, so every training-set size is scored on
+    the same test problems."""
+    test_id = make_split("test_id", list(ID_FAMILIES), n_test, seed + 1, set())
+    test_ood = make_split("test_ood", list(OOD_FAMILIES), n_test, seed + 2, set())
+    held_out = {p.question for p in test_id + test_ood}
+    train = make_split("train", list(ID_FAMILIES), n_train, seed + 3, held_out)
+    return {"train": train, "test_id": test_id, "test_ood": test_ood}
+
+
+# ------------------------------------------------------------------------ answer checking
+
+NUMBER_RE = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
+
+
+def to_number(text: str) -> float | None:
+    """'1,234', '1234.0', ' $1234 ' -> 1234.0; None if the text is not a number."""
+    t = str(text).strip().replace(",", "").replace("$", "").rstrip(".")
+    return float(t) if NUMBER_RE.match(t) else None
+
+
+def normalize(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", str(text).lower()).split())
+
+
+def is_correct(pred: str | None, gold, rel_tol: float = 1e-4) -> bool:
+    """Numeric answers equal within a relative tolerance; other answers equal after
+    normalising case, whitespace and punctuation."""
+    if pred is None:
+        return False
+    p, g = to_number(pred), to_number(gold)
+    if p is not None and g is not None:
+        return math.isclose(p, g, rel_tol=rel_tol, abs_tol=1e-9)
+    return normalize(pred) == normalize(gold) and normalize(gold) != ""
+
+
+def extract_answer(text: str) -> str | None:
+    """The contents of the last `\\boxed{...}` in `text` (nested braces allowed), or None."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, i = 1, start + len("\\boxed{")
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i:j].strip()
+    return None  # never closed

@@ -1,0 +1,189 @@
+"""Teacher reference trajectories: `python teacher.py` writes data/{train,test_id,test_ood}.jsonl.
+
+The default teacher is scripted and offline: it solves each problem with its own fixed
+style (tasks.py's plan: sum_numbers for totals, power for squares), as real tool calls whose
+outputs come from tools.py, and ends with \\boxed{answer}. Every trajectory is replayed
+through the tools and must reach the gold answer before it is written.
+
+`python teacher.py --model NAME_OR_PATH` uses any HF causal LM as the teacher instead: it
+is rolled out with the same tools and only trajectories that reach the right answer are
+kept (rejection sampling).
+
+One JSON record per line (DESIGN.md):
+  {"id", "question", "answer", "split", "family", "teacher": {"messages": [...], "tools": [names]}}
+Files with only `question`, `answer` and `teacher_tools` (the authors' released data) load too.
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections import Counter
+
+import tasks
+import tools
+
+
+class DataError(Exception):
+    """A data file that cannot be used; the message names the file and line."""
+
+
+# ------------------------------------------------------------------ the scripted teacher
+
+def trajectory(problem: tasks.Problem) -> list[dict]:
+    """The teacher's chat messages for `problem`: one assistant turn per plan turn (its
+    calls in the OpenAI/HF `tool_calls` shape), the real tool outputs as tool messages, and
+    a final assistant turn with \\boxed{answer}."""
+    messages = tasks.prompt(problem.question)
+    turns, answer = tasks.run_plan(problem.plan)
+    for turn in turns:
+        messages.append({"role": "assistant", "content": "", "tool_calls": [
+            {"type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}} for c in turn]})
+        messages += [{"role": "tool", "name": c["name"], "content": c["result"]} for c in turn]
+    messages.append({"role": "assistant", "content": f"\\boxed{{{answer}}}"})
+    return messages
+
+
+def tool_calls(messages: list[dict]) -> list[dict]:
+    """The {"name", "arguments"} of every tool call in a trajectory, in order."""
+    return [c["function"] for m in messages if m["role"] == "assistant" for c in m.get("tool_calls") or []]
+
+
+def replay(messages: list[dict]) -> str | None:
+    """Re-run every tool call of a trajectory; return its final \\boxed answer, or None if a
+    call fails or a tool message differs from what the tool really returns."""
+    outputs = [m["content"] for m in messages if m["role"] == "tool"]
+    calls = tool_calls(messages)
+    if len(outputs) != len(calls):
+        return None
+    for call, seen in zip(calls, outputs):
+        if tools.call_tool({"name": call["name"], "arguments": call["arguments"]}) != seen:
+            return None
+    return tasks.extract_answer(messages[-1]["content"]) if messages[-1]["role"] == "assistant" else None
+
+
+def record(problem: tasks.Problem, messages: list[dict]) -> dict:
+    """The JSONL record of one problem and its teacher trajectory."""
+    return {"id": problem.id, "question": problem.question, "answer": problem.answer,
+            "split": problem.split, "family": problem.family,
+            "teacher": {"messages": messages, "tools": [c["name"] for c in tool_calls(messages)]}}
+
+
+# ------------------------------------------------------------------------- the LLM teacher
+
+def llm_records(model_path: str, problems: list[tasks.Problem], samples: int, seed: int) -> list[dict]:
+    """Roll out an HF causal LM on `problems` with the tools, `samples` tries each; keep the
+    first trajectory per problem whose final answer is correct (rejection sampling)."""
+    import model as student  # imported here: the scripted teacher needs no torch model
+
+    policy, tokenizer = student.load(model_path)
+    prompts = [tasks.prompt(p.question) for p in problems]
+    rollouts = student.rollout(policy, tokenizer, prompts, tools.schemas(), n=samples, seed=seed, temperature=0.7)
+    kept = []
+    for i, problem in enumerate(problems):
+        for r in rollouts[i * samples:(i + 1) * samples]:
+            if r.finished and tasks.is_correct(tasks.extract_answer(r.text), problem.answer):
+                kept.append(record(problem, prompts[i] + student.messages(r)))
+                break
+    return kept
+
+
+# ------------------------------------------------------------------------------- files
+
+def write_jsonl(path: str, records: list[dict]) -> None:
+    """Write records atomically: a temp file in the same folder, then a rename."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    os.replace(tmp, path)
+
+
+def load_jsonl(path: str) -> list[dict]:
+    """Problems with teacher trajectories from a JSONL file, in the format above.
+
+    A record needs `question` and `answer`; the teacher comes from `teacher` or from the
+    authors' `teacher_tools` (names only). Raises DataError naming file and line."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such file")
+    records = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(r, dict) or "question" not in r or "answer" not in r:
+                raise DataError(f"{path}:{lineno}: a record needs 'question' and 'answer'")
+            teacher = r.get("teacher") or {"messages": [], "tools": r.get("teacher_tools", [])}
+            names = teacher.get("tools") if isinstance(teacher, dict) else None
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise DataError(f"{path}:{lineno}: 'teacher.tools' / 'teacher_tools' must be a list of tool names")
+            records.append({"id": str(r.get("id", f"{os.path.basename(path)}-{lineno}")),
+                            "question": str(r["question"]), "answer": str(r["answer"]),
+                            "split": r.get("split", ""), "family": r.get("family", ""),
+                            "teacher": {"messages": teacher.get("messages", []), "tools": names}})
+    if not records:
+        raise DataError(f"{path}: no records")
+    return records
+
+
+SPLITS = ("train", "test_id", "test_ood")
+
+
+def ensure_data(data_dir: str = "data", n_train: int = 4000, seed: int = 0) -> dict[str, str]:
+    """Paths of the three splits, writing them with the scripted teacher if any is missing."""
+    paths = {s: os.path.join(data_dir, f"{s}.jsonl") for s in SPLITS}
+    if not all(os.path.isfile(p) for p in paths.values()):
+        write_scripted(data_dir, n_train, seed)
+    return paths
+
+
+def write_scripted(data_dir: str, n_train: int, seed: int) -> dict[str, Counter]:
+    """Solve the benchmark with the scripted teacher, check every trajectory by replay, write
+    the three files. Returns the count of problems per family, per split."""
+    counts = {}
+    for split, problems in tasks.benchmark(n_train=n_train, seed=seed).items():
+        records = []
+        for p in problems:
+            messages = trajectory(p)
+            if not tasks.is_correct(replay(messages), p.answer):
+                raise AssertionError(f"teacher trajectory of {p.id} does not replay to {p.answer}")
+            records.append(record(p, messages))
+        write_jsonl(os.path.join(data_dir, f"{split}.jsonl"), records)
+        counts[split] = Counter(p.family for p in problems)
+    return counts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="data", help="folder for train.jsonl, test_id.jsonl, test_ood.jsonl")
+    ap.add_argument("--n-train", type=int, default=4000, help="training problems")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", default=None, help="an HF causal LM (name or path) to use as the teacher")
+    ap.add_argument("--samples", type=int, default=4, help="LLM teacher: tries per problem")
+    args = ap.parse_args()
+    if args.n_train < 1:
+        ap.error("--n-train must be at least 1")
+
+    if args.model is None:
+        for split, counts in write_scripted(args.out, args.n_train, args.seed).items():
+            print(f"{args.out}/{split}.jsonl: {sum(counts.values())} problems  " +
+                  "  ".join(f"{f}={n}" for f, n in sorted(counts.items())))
+        return
+    import model as student
+    try:
+        for split, problems in tasks.benchmark(n_train=args.n_train, seed=args.seed).items():
+            kept = llm_records(args.model, problems, args.samples, args.seed)
+            write_jsonl(os.path.join(args.out, f"{split}.jsonl"), kept)
+            print(f"{args.out}/{split}.jsonl: kept {len(kept)}/{len(problems)} "
+                  f"(acceptance {len(kept) / len(problems):.1%})")
+    except student.ModelError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
