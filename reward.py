@@ -40,7 +40,8 @@ def same_value(a, b) -> bool:
         return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
     if tools.is_number(a) and tools.is_number(b):
         return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
-    return a == b
+    # True == 1 in Python, but the tools refuse booleans as numbers: not the same value.
+    return a == b and isinstance(a, bool) == isinstance(b, bool)
 
 
 def same_calls(student: list[dict], teacher: list[dict]) -> bool:

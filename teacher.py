@@ -49,6 +49,12 @@ def tool_calls(messages: list[dict]) -> list[dict]:
     return [c["function"] for m in messages if m["role"] == "assistant" for c in m.get("tool_calls") or []]
 
 
+def reference(record: dict) -> list:
+    """The teacher's calls of a data record for scoring: {"name", "arguments"} from its
+    messages, or bare tool names when the record carries names only (teacher_tools)."""
+    return tool_calls(record["teacher"]["messages"]) or record["teacher"]["tools"]
+
+
 def replay(messages: list[dict]) -> str | None:
     """Re-run every tool call of a trajectory; return its final \\boxed answer, or None if a
     call fails or a tool message differs from what the tool really returns."""

@@ -194,7 +194,8 @@ def modulo(a: float, b: float) -> float:
 # ----------------------------------------------------------------- parsing and checking
 
 def is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and abs(v) <= MAX_ABS
+    # abs() first: math.isfinite(10**400) raises OverflowError, an int/float comparison never does.
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= MAX_ABS and math.isfinite(v)
 
 
 def check(name: Any, arguments: Any) -> str | None:
@@ -253,7 +254,8 @@ def parse_tool_calls(text: str) -> list[dict]:
             if not isinstance(obj, dict):
                 call["error"] = "tool call is not a JSON object"
             else:
-                call["name"] = obj.get("name")
+                name = obj.get("name")
+                call["name"] = name if isinstance(name, str) else None  # never a list/dict/number
                 args = obj.get("arguments", obj.get("parameters", {}))
                 if isinstance(args, str):  # the OpenAI convention: arguments as a JSON string
                     try:

@@ -1,0 +1,67 @@
+"""The three GRPO loss functions of rl.py against hand-computed values."""
+import math
+
+import pytest
+import torch
+
+from rl import grpo_advantages, kl_penalty, policy_loss
+
+
+def test_advantages_normalise_each_group_with_unbiased_std():
+    adv = grpo_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0, 0.2, 0.4]), group_size=3)
+    # group 1: mean 1/3, unbiased std sqrt(((2/3)^2 + 2 (1/3)^2) / 2) = sqrt(1/3)
+    s = math.sqrt(1 / 3)
+    assert adv[:3].tolist() == pytest.approx([(2 / 3) / (s + 1e-6), (-1 / 3) / (s + 1e-6), (-1 / 3) / (s + 1e-6)])
+    # group 2: mean 0.2, std 0.2
+    assert adv[3:].tolist() == pytest.approx([-0.2 / (0.2 + 1e-6), 0.0, 0.2 / (0.2 + 1e-6)], abs=1e-6)
+
+
+def test_zero_variance_group_gets_zero_advantage_not_nan():
+    adv = grpo_advantages(torch.tensor([0.5, 0.5, 0.5, 0.5, 1.0, 0.0, 1.0, 0.0]), group_size=4)
+    assert torch.isfinite(adv).all()
+    assert adv[:4].tolist() == [0.0, 0.0, 0.0, 0.0]
+    assert adv[4:].abs().sum() > 0
+
+
+def test_policy_loss_unclipped_is_minus_ratio_times_advantage_token_mean():
+    logp = torch.log(torch.tensor([[1.1, 0.9, 1.0]]))
+    old = torch.zeros(1, 3)
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    loss, clip = policy_loss(logp, old, torch.tensor([2.0]), mask)
+    assert loss.item() == pytest.approx(-(1.1 * 2 + 0.9 * 2) / 2)  # the masked third token is ignored
+    assert clip.item() == 0.0
+
+
+def test_policy_loss_clips_on_both_sides():
+    old = torch.zeros(2, 1)
+    logp = torch.log(torch.tensor([[1.5], [0.5]]))
+    mask = torch.ones(2, 1)
+    # positive advantage, ratio 1.5 -> clipped to 1.2; negative advantage, ratio 0.5 -> clipped to 0.8
+    loss, clip = policy_loss(logp, old, torch.tensor([1.0, -1.0]), mask, clip_low=0.2, clip_high=0.2)
+    assert loss.item() == pytest.approx(-(1.2 * 1 + 0.8 * -1) / 2)
+    assert clip.item() == 1.0
+    # the pessimistic side is not clipped: positive advantage with a low ratio keeps its ratio
+    loss, clip = policy_loss(logp, old, torch.tensor([-1.0, 1.0]), mask)
+    assert loss.item() == pytest.approx(-(1.5 * -1 + 0.5 * 1) / 2)
+    assert clip.item() == 0.0
+    # asymmetric bounds
+    loss, _ = policy_loss(logp, old, torch.tensor([1.0, -1.0]), mask, clip_low=0.1, clip_high=0.3)
+    assert loss.item() == pytest.approx(-(1.3 * 1 + 0.9 * -1) / 2)
+
+
+def test_policy_loss_token_mean_weighs_long_sequences_more():
+    logp = torch.zeros(2, 3)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    loss, _ = policy_loss(logp, torch.zeros(2, 3), torch.tensor([1.0, -1.0]), mask)
+    assert loss.item() == pytest.approx(-(3 * 1 + 1 * -1) / 4)
+
+
+def test_kl_k3_values_and_clamp():
+    logp = torch.tensor([0.0, -1.0, 0.0, -30.0])
+    ref = torch.tensor([0.0, 0.0, -1.0, 0.0])
+    kl = kl_penalty(logp, ref)
+    assert kl[0].item() == 0.0
+    assert kl[1].item() == pytest.approx(math.exp(1) - 1 - 1)      # d = 1
+    assert kl[2].item() == pytest.approx(math.exp(-1) + 1 - 1)     # d = -1
+    assert kl[3].item() == 10.0                                    # exp(30) clamped
+    assert (kl >= 0).all()

@@ -1,0 +1,277 @@
+"""reward.py: every rule and mode, with expected rewards computed by hand.
+
+    unfinished -> 0.0; no or empty box -> 0.1;
+    else 0.7 * correct + 0.3 * match * (1 if correct else 0.2) + 0.1 * (no invalid call)
+"""
+import json
+import os
+import sys
+
+import pytest
+from pytest import approx
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import reward  # noqa: E402
+from reward import score  # noqa: E402
+
+
+def call(name, **arguments) -> str:
+    return f'<tool_call>\n{json.dumps({"name": name, "arguments": arguments})}\n</tool_call>\n'
+
+
+ADD = call("add", a=3, b=4)            # 7
+MUL = call("multiply", a=7, b=2)       # 14
+UNKNOWN = call("calculator", expression="3+4")
+UNPARSABLE = "<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 3\n</tool_call>\n"
+
+
+def box(x) -> str:
+    return f"The answer is \\boxed{{{x}}}."
+
+
+# ------------------------------------------------------------------------- mentor mode
+
+def test_correct_full_match_no_invalid_is_1_1():
+    r = score(ADD + MUL + box(14), "14", ["add", "multiply"])
+    assert r == {"reward": approx(1.1), "correct": True, "tool_match": 1.0, "invalid_calls": 0,
+                 "has_answer": True, "calls": 2, "finished": True}
+
+
+def test_wrong_answer_partial_match():
+    # student [add], teacher [add, multiply]: F1 = 2*1/(1+2) = 2/3
+    # 0.7*0 + 0.3*(2/3)*0.2 + 0.1 = 0.14
+    r = score(ADD + box(99), "14", ["add", "multiply"])
+    assert r["tool_match"] == approx(2 / 3)
+    assert r["correct"] is False
+    assert r["reward"] == approx(0.14)
+
+
+def test_correct_answer_partial_match():
+    # 0.7 + 0.3*(2/3) + 0.1 = 1.0
+    assert score(ADD + box(14), "14", ["add", "multiply"])["reward"] == approx(1.0)
+
+
+def test_correct_without_tools():
+    # F1 of [] vs [add] = 0: 0.7 + 0 + 0.1 = 0.8
+    r = score(box(7), "7", ["add"])
+    assert r["tool_match"] == 0.0 and r["calls"] == 0
+    assert r["reward"] == approx(0.8)
+
+
+def test_wrong_answer_full_match():
+    # 0 + 0.3*1*0.2 + 0.1 = 0.16
+    assert score(ADD + MUL + box(15), "14", ["add", "multiply"])["reward"] == approx(0.16)
+
+
+def test_wrong_answer_no_match_no_invalid():
+    # 0 + 0 + 0.1 = 0.1
+    assert score(MUL + box(15), "7", ["add"])["reward"] == approx(0.1)
+
+
+def test_mentor_f1_is_over_multisets():
+    student = call("add", a=1, b=2) + call("add", a=3, b=4) + MUL
+    teacher = ["add", "multiply", "multiply"]
+    # overlap = min(2,1) + min(1,2) = 2; F1 = 2*2/(3+3) = 2/3
+    assert reward.name_f1(["add", "add", "multiply"], teacher) == approx(4 / 6)
+    r = score(student + box(14), "14", teacher)
+    assert r["tool_match"] == approx(4 / 6)
+    assert r["reward"] == approx(1.0)                                  # 0.7 + 0.3*(2/3) + 0.1
+    assert score(student + box(1), "14", teacher)["reward"] == approx(0.14)  # 0.3*(2/3)*0.2 + 0.1
+
+
+def test_name_f1_edge_cases():
+    assert reward.name_f1([], []) == 1.0
+    assert reward.name_f1(["add"], []) == 0.0
+    assert reward.name_f1([], ["add"]) == 0.0
+    assert reward.name_f1(["add"], ["multiply"]) == 0.0
+    assert reward.name_f1(["multiply", "add"], ["add", "multiply"]) == 1.0  # order ignored
+    assert reward.name_f1(["add"], ["add", "add", "add"]) == approx(0.5)  # 2*1/4
+    # no calls and a teacher that used none: a perfect match
+    assert score(box(7), "7", [])["reward"] == approx(1.1)
+    assert score(ADD + box(7), "7", [])["reward"] == approx(0.8)
+
+
+def test_invalid_calls_remove_the_bonus():
+    # unknown tool: names [calculator, add] vs [add]: F1 = 2*1/3; 0.7 + 0.3*(2/3) + 0 = 0.9
+    r = score(UNKNOWN + ADD + box(7), "7", ["add"])
+    assert r["invalid_calls"] == 1 and r["calls"] == 2
+    assert r["tool_match"] == approx(2 / 3)
+    assert r["reward"] == approx(0.9)
+    # unparsable call: no name, so names [add] vs [add]: F1 = 1; 0.7 + 0.3 + 0 = 1.0
+    r = score(UNPARSABLE + ADD + box(7), "7", ["add"])
+    assert r["invalid_calls"] == 1 and r["tool_match"] == 1.0
+    assert r["reward"] == approx(1.0)
+    # two invalid calls, wrong answer, no match: 0 + 0 + 0 = 0.0
+    r = score(UNKNOWN + UNPARSABLE + box(8), "7", ["add"])
+    assert r["invalid_calls"] == 2 and r["reward"] == approx(0.0)
+    # a name that is not even a string, an unclosed call at the end
+    r = score('<tool_call>{"name": ["add"], "arguments": {}}</tool_call>' + box(7), "7", [])
+    assert r["invalid_calls"] == 1 and r["reward"] == approx(0.7 + 0.3)
+    r = score(box(7) + '<tool_call>{"name": "add"', "7", [])
+    assert r["invalid_calls"] == 1 and r["reward"] == approx(1.0)
+
+
+def test_unfinished_is_zero_in_every_mode():
+    for mode in reward.MODES:
+        r = score(ADD + MUL + box(14), "14", ["add", "multiply"], mode=mode, finished=False)
+        assert r["reward"] == 0.0, mode
+        assert r["finished"] is False and r["correct"] is True  # still reported for logging
+
+
+def test_no_box_or_empty_box_is_0_1_in_every_mode():
+    for mode in reward.MODES:
+        for text in [ADD + MUL + "The answer is 14.", ADD + "\\boxed{}", ADD + "\\boxed{  }", ADD + "\\boxed{14"]:
+            r = score(text, "14", ["add", "multiply"], mode=mode)
+            assert r["reward"] == approx(0.1), (mode, text)
+            assert r["has_answer"] is False and r["correct"] is False
+
+
+def test_answer_formats_and_last_box():
+    assert score(ADD + box("1,234"), "1234", ["add"])["reward"] == approx(1.1)
+    assert score(ADD + box("$12.0"), "12", ["add"])["reward"] == approx(1.1)
+    assert score(ADD + box(5) + " no wait " + box(7), "7", ["add"])["reward"] == approx(1.1)
+    assert score(ADD + box(7) + " no wait " + box(5), "7", ["add"])["reward"] == approx(0.16)
+
+
+# ------------------------------------------------------------------------- sparse mode
+
+def test_sparse():
+    teacher = ["add", "multiply"]
+    assert score(box(14), "14", teacher, mode="sparse")["reward"] == 1.0  # tools do not matter
+    assert score(UNKNOWN + box(14), "14", teacher, mode="sparse")["reward"] == 1.0
+    assert score(ADD + MUL + box(15), "14", teacher, mode="sparse")["reward"] == approx(0.1)
+    assert score(ADD + MUL + box(14), "14", teacher, mode="sparse", finished=False)["reward"] == 0.0
+    assert score(ADD + MUL, "14", teacher, mode="sparse")["reward"] == approx(0.1)
+    assert score(ADD + box(14), "14", teacher, mode="sparse")["tool_match"] == approx(2 / 3)  # logged only
+
+
+# ------------------------------------------------------------------- mentor-exact mode
+
+def test_mentor_exact_is_set_equality():
+    teacher = ["multiply", "add"]
+    student = ADD + call("add", a=7, b=0) + MUL  # counts and order differ, same set
+    r = score(student + box(14), "14", teacher, mode="mentor-exact")
+    assert r["tool_match"] == 1.0 and r["reward"] == approx(1.1)
+    # a subset is no match: 0.7 + 0 + 0.1 = 0.8
+    r = score(ADD + box(14), "14", teacher, mode="mentor-exact")
+    assert r["tool_match"] == 0.0 and r["reward"] == approx(0.8)
+    # a superset is no match either
+    assert score(ADD + MUL + call("sqrt", x=4) + box(14), "14", teacher, mode="mentor-exact")["tool_match"] == 0.0
+    # wrong answer, equal sets: 0.3*1*0.2 + 0.1 = 0.16
+    assert score(student + box(15), "14", teacher, mode="mentor-exact")["reward"] == approx(0.16)
+    # no calls, empty teacher: equal (empty) sets
+    assert score(box(14), "14", [], mode="mentor-exact")["reward"] == approx(1.1)
+
+
+# ------------------------------------------------------------------------- strict mode
+
+STRICT_TEACHER = [{"name": "add", "arguments": {"a": 3, "b": 4}},
+                  {"name": "multiply", "arguments": {"a": 7, "b": 2}}]
+
+
+def test_strict_same_calls_numerically_equal():
+    student = call("add", a=3.0, b=4) + call("multiply", a=7, b=2.0)
+    r = score(student + box(14), "14", STRICT_TEACHER, mode="strict")
+    assert r["tool_match"] == 1.0 and r["reward"] == approx(1.1)
+    # wrong answer, exact replication: 0.3*1*0.2 + 0.1 = 0.16
+    assert score(student + box(15), "14", STRICT_TEACHER, mode="strict")["reward"] == approx(0.16)
+
+
+@pytest.mark.parametrize("student", [
+    MUL + ADD,                                            # other order
+    call("add", a=4, b=3) + MUL,                          # other argument values
+    call("add", a=3, b=4.001) + MUL,
+    call("add", a=3) + MUL,                               # missing argument
+    call("add", a=3, b=4, c=0) + MUL,                     # extra argument
+    ADD,                                                  # a call missing
+    ADD + MUL + MUL,                                      # a call too many
+    call("add", a=3, b=4) + call("power", base=7, exponent=2),
+    "",                                                   # no calls
+])
+def test_strict_mismatch_is_zero(student):
+    r = score(student + box(14), "14", STRICT_TEACHER, mode="strict")
+    assert r["tool_match"] == 0.0
+    assert r["reward"] == approx(0.8)  # 0.7 + 0 + 0.1
+
+
+def test_strict_compares_lists_element_wise():
+    teacher = [{"name": "sum_numbers", "arguments": {"numbers": [1, 2, 3]}}]
+    same = call("sum_numbers", numbers=[1.0, 2, 3.0])
+    assert score(same + box(6), "6", teacher, mode="strict")["reward"] == approx(1.1)
+    for other in ([1, 2], [1, 2, 4], [3, 2, 1]):
+        assert score(call("sum_numbers", numbers=other) + box(6), "6", teacher, mode="strict")["tool_match"] == 0.0
+    assert reward.same_value([1, [2.0]], [1.0, [2]])
+    assert not reward.same_value(3, "3")
+    assert not reward.same_value(True, 1)
+    # a boolean is not the number 1 (the tools refuse it), so it does not replicate add(a=1, b=4)
+    r = score(call("add", a=True, b=4) + box(5), "5", [{"name": "add", "arguments": {"a": 1, "b": 4}}], mode="strict")
+    assert r["tool_match"] == 0.0 and r["reward"] == approx(0.8)
+
+
+def test_strict_with_bare_name_teacher_compares_names_in_order():
+    teacher = ["add", "multiply"]
+    student = call("add", a=100, b=1) + call("multiply", a=2, b=2)  # any arguments
+    assert score(student + box(14), "14", teacher, mode="strict")["reward"] == approx(1.1)
+    assert score(MUL + ADD + box(14), "14", teacher, mode="strict")["reward"] == approx(0.8)
+    assert score(ADD + box(14), "14", teacher, mode="strict")["reward"] == approx(0.8)
+    # an invalid call where the teacher had "add": no match and no bonus: 0.7
+    assert score(UNPARSABLE + MUL + box(14), "14", teacher, mode="strict")["reward"] == approx(0.7)
+
+
+def test_teacher_trajectory_calls_work_as_strict_reference():
+    import tasks
+    import teacher
+    p = tasks.Problem("t-0", "q", "14", "train", "shirts",
+                      [[("add", {"a": 3, "b": 4})], [("multiply", {"a": "#0", "b": 2})]])
+    ref = teacher.tool_calls(teacher.trajectory(p))
+    assert score(ADD + MUL + box(14), "14", ref, mode="strict")["reward"] == approx(1.1)
+    assert score(ADD + MUL + box(14), "14", [c["name"] for c in ref])["reward"] == approx(1.1)
+
+
+def test_unknown_mode_raises():
+    with pytest.raises(ValueError, match="unknown reward mode 'dense'"):
+        score(box(1), "1", [], mode="dense")
+
+
+def test_score_never_raises_on_garbage():
+    for text in ["<tool_call>", "<tool_call>{}</tool_call>", "\\boxed{", "}" * 10, "<tool_call>null</tool_call>",
+                 '<tool_call>{"name": {"a": 1}}</tool_call>\\boxed{1}', "\\boxed{\\boxed{1}}"]:
+        for mode in reward.MODES:
+            r = score(text, "1", STRICT_TEACHER, mode=mode)
+            assert 0.0 <= r["reward"] <= 1.1 + 1e-9
+
+
+# ---------------------------------------------------------------------------- adapters
+
+def test_trl_reward_func_string_and_conversational():
+    conversational = [
+        {"role": "assistant", "content": ADD},
+        {"role": "tool", "content": "7 \\boxed{999}"},  # tool text is not the student's answer
+        {"role": "assistant", "content": MUL},
+        {"role": "tool", "content": "14"},
+        {"role": "assistant", "content": box(14)},
+    ]
+    completions = [ADD + MUL + box(14), ADD + box(99), conversational,
+                   [{"role": "assistant", "content": None}, {"role": "assistant", "content": box(7)}]]
+    answers = ["14", "14", "14", "7"]
+    teacher_tools = [["add", "multiply"], ["add", "multiply"], ["add", "multiply"], ["add"]]
+    rewards = reward.reward_func(completions, answer=answers, teacher_tools=teacher_tools,
+                                 prompts=["p"] * 4, completion_ids=[[1]] * 4)  # TRL passes extra kwargs
+    assert rewards == [approx(1.1), approx(0.14), approx(1.1), approx(0.8)]
+    expected = [score(reward.completion_text(c), a, t)["reward"]
+                for c, a, t in zip(completions, answers, teacher_tools)]
+    assert rewards == expected
+    assert reward.completion_text(conversational) == "\n".join([ADD, MUL, box(14)])
+
+
+def test_verl_compute_score():
+    sol = ADD + MUL + box(14)
+    assert reward.compute_score("mentor_math", sol, "14", {"teacher_tools": ["add", "multiply"]}) == approx(1.1)
+    assert reward.compute_score("mentor_math", sol, "14", {"teacher_tools": ("add", "multiply")}) == approx(1.1)
+    assert reward.compute_score("mentor_math", ADD + box(99), "14", {"teacher_tools": ["add", "multiply"]}) \
+        == approx(0.14)
+    # no teacher given: F1 of two calls against none is 0: 0.7 + 0 + 0.1
+    assert reward.compute_score("mentor_math", sol, "14") == approx(0.8)
+    assert reward.compute_score("mentor_math", sol, "14", {}) == approx(0.8)
+    for sol, gt, tt in [(sol, "14", ["add"]), (UNKNOWN + box(3), "3", ["add"]), ("no box", "3", [])]:
+        assert reward.compute_score("d", sol, gt, {"teacher_tools": tt}) == score(sol, gt, tt)["reward"]

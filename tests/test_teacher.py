@@ -1,0 +1,192 @@
+"""teacher.py: scripted trajectories, replay, JSONL files and the command line."""
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import tasks  # noqa: E402
+import teacher  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return tasks.benchmark(n_train=200, seed=0)
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    """Both command-line runs, started together so their imports overlap."""
+    out = tmp_path_factory.mktemp("cli")
+    good = subprocess.Popen([sys.executable, "teacher.py", "--out", str(out), "--n-train", "50"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    bad = subprocess.Popen([sys.executable, "teacher.py", "--out", str(out / "bad"), "--n-train", "0"], cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    results = {}
+    for name, proc in (("good", good), ("bad", bad)):
+        stdout, stderr = proc.communicate(timeout=120)
+        results[name] = (proc.returncode, stdout, stderr)
+    return out, results
+
+
+def test_every_trajectory_replays_to_its_gold_answer(bench):
+    for problems in bench.values():
+        for p in problems:
+            messages = teacher.trajectory(p)
+            assert teacher.replay(messages) == p.answer, p.id
+
+
+def test_trajectory_shape():
+    p = tasks.Problem("x-0", "q?", "20", "train", "shirts",
+                      [[("add", {"a": 2, "b": 3})], [("multiply", {"a": "#0", "b": 4})]])
+    messages = teacher.trajectory(p)
+    assert messages[:2] == tasks.prompt("q?")
+    assert messages[2] == {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 3}}}]}
+    assert messages[3] == {"role": "tool", "name": "add", "content": "5"}
+    assert messages[4]["tool_calls"][0]["function"] == {"name": "multiply", "arguments": {"a": 5, "b": 4}}
+    assert messages[5] == {"role": "tool", "name": "multiply", "content": "20"}
+    assert messages[6] == {"role": "assistant", "content": "\\boxed{20}"}
+    assert len(messages) == 7
+    assert teacher.tool_calls(messages) == [{"name": "add", "arguments": {"a": 2, "b": 3}},
+                                            {"name": "multiply", "arguments": {"a": 5, "b": 4}}]
+    assert teacher.replay(messages) == "20"
+
+
+def test_tampered_trajectories_do_not_replay(bench):
+    p = next(p for p in bench["train"] if p.family == "shirts")
+    messages = teacher.trajectory(p)
+    assert teacher.replay(messages) == p.answer
+
+    tampered = copy.deepcopy(messages)
+    first_tool = next(m for m in tampered if m["role"] == "tool")
+    first_tool["content"] = str(int(first_tool["content"]) + 1)  # a tool output off by one
+    assert teacher.replay(tampered) is None
+
+    tampered = copy.deepcopy(messages)
+    tampered[2]["tool_calls"][0]["function"]["arguments"]["a"] += 1  # a changed argument
+    assert teacher.replay(tampered) is None
+
+    tampered = [m for m in copy.deepcopy(messages) if m["role"] != "tool" or m["name"] != "add"]
+    assert teacher.replay(tampered) is None  # a tool output missing
+
+    tampered = copy.deepcopy(messages)
+    tampered[-1]["content"] = "\\boxed{123456789}"  # a wrong final answer replays to itself
+    assert teacher.replay(tampered) == "123456789"
+    assert not tasks.is_correct(teacher.replay(tampered), p.answer)
+
+    assert teacher.replay(messages[:-1]) is None  # no final assistant turn
+
+
+def test_write_scripted_is_reproducible(tmp_path):
+    counts = teacher.write_scripted(str(tmp_path / "a"), 30, 5)
+    teacher.write_scripted(str(tmp_path / "b"), 30, 5)
+    names = ["test_id.jsonl", "test_ood.jsonl", "train.jsonl"]
+    assert sorted(os.listdir(tmp_path / "a")) == names  # three files, no temp files left
+    for name in names:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert sum(counts["train"].values()) == 30
+    assert sum(counts["test_id"].values()) == 300 and sum(counts["test_ood"].values()) == 300
+    assert counts["test_ood"] == {f: 75 for f in tasks.OOD_FAMILIES}
+    lines = (tmp_path / "a" / "train.jsonl").read_text().splitlines()
+    assert len(lines) == 30
+    first = json.loads(lines[0])
+    assert set(first) == {"id", "question", "answer", "split", "family", "teacher"}
+    assert first["id"] == "train-0" and first["split"] == "train"
+    assert first["teacher"]["tools"] == [c["name"] for c in teacher.tool_calls(first["teacher"]["messages"])]
+    assert teacher.replay(first["teacher"]["messages"]) == first["answer"]
+
+    teacher.write_scripted(str(tmp_path / "c"), 30, 6)
+    assert (tmp_path / "a" / "train.jsonl").read_bytes() != (tmp_path / "c" / "train.jsonl").read_bytes()
+
+
+def test_load_jsonl_round_trip(tmp_path):
+    teacher.write_scripted(str(tmp_path), 12, 0)
+    records = teacher.load_jsonl(str(tmp_path / "train.jsonl"))
+    problems = tasks.benchmark(n_train=12, seed=0)["train"]
+    assert [r["question"] for r in records] == [p.question for p in problems]
+    assert [r["answer"] for r in records] == [p.answer for p in problems]
+    assert [r["teacher"]["tools"] for r in records] == \
+           [[name for turn in p.plan for name, _ in turn] for p in problems]
+    assert all(teacher.replay(r["teacher"]["messages"]) == r["answer"] for r in records)
+
+
+def test_load_jsonl_authors_format(tmp_path):
+    path = tmp_path / "authors.jsonl"
+    path.write_text(json.dumps({"question": "What is 2 + 3?", "answer": 5, "teacher_tools": ["add"]}) + "\n\n" +
+                    json.dumps({"question": "What is 2 * 3 + 1?", "answer": "7",
+                                "teacher_tools": ["multiply", "add"]}) + "\n")
+    records = teacher.load_jsonl(str(path))
+    assert len(records) == 2
+    assert records[0]["question"] == "What is 2 + 3?"
+    assert records[0]["answer"] == "5"
+    assert records[0]["teacher"] == {"messages": [], "tools": ["add"]}
+    assert records[1]["teacher"]["tools"] == ["multiply", "add"]
+    assert records[1]["id"] == "authors.jsonl-3"  # a generated id: file and line
+
+
+@pytest.mark.parametrize("bad_line, reason", [
+    ("{not json", "not valid JSON"),
+    ('{"question": "q"}', "needs 'question' and 'answer'"),
+    ('["question", "answer"]', "needs 'question' and 'answer'"),
+    ('{"question": "q", "answer": "1", "teacher_tools": "add"}', "must be a list of tool names"),
+    ('{"question": "q", "answer": "1", "teacher_tools": [1, 2]}', "must be a list of tool names"),
+])
+def test_load_jsonl_malformed_line_names_file_and_line(tmp_path, bad_line, reason):
+    path = tmp_path / "data.jsonl"
+    good = json.dumps({"question": "q", "answer": "1", "teacher_tools": ["add"]})
+    path.write_text(good + "\n" + good + "\n" + bad_line + "\n" + good + "\n")
+    with pytest.raises(teacher.DataError) as e:
+        teacher.load_jsonl(str(path))
+    assert str(e.value).startswith(f"{path}:3: ")
+    assert reason in str(e.value)
+
+
+def test_load_jsonl_missing_and_empty_files(tmp_path):
+    missing = tmp_path / "nope.jsonl"
+    with pytest.raises(teacher.DataError, match="no such file") as e:
+        teacher.load_jsonl(str(missing))
+    assert str(missing) in str(e.value)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    with pytest.raises(teacher.DataError, match="no records"):
+        teacher.load_jsonl(str(empty))
+
+
+def test_ensure_data_writes_only_when_missing(tmp_path):
+    paths = teacher.ensure_data(str(tmp_path), n_train=10, seed=0)
+    assert paths == {s: str(tmp_path / f"{s}.jsonl") for s in teacher.SPLITS}
+    assert all(os.path.isfile(p) for p in paths.values())
+    before = {s: os.stat(p).st_mtime_ns for s, p in paths.items()}
+    teacher.ensure_data(str(tmp_path), n_train=10, seed=0)
+    assert {s: os.stat(p).st_mtime_ns for s, p in paths.items()} == before
+
+
+def test_command_line_writes_the_data(cli):
+    out, results = cli
+    rc, stdout, stderr = results["good"]
+    assert rc == 0, stderr
+    lines = stdout.strip().splitlines()
+    assert len(lines) == 3
+    assert lines[0].startswith(f"{out}/train.jsonl: 50 problems")
+    assert lines[1].startswith(f"{out}/test_id.jsonl: 300 problems")
+    assert lines[2].startswith(f"{out}/test_ood.jsonl: 300 problems")
+    for family in tasks.ID_FAMILIES:
+        assert f" {family}=" in lines[0] and f" {family}=" in lines[1]
+    for family in tasks.OOD_FAMILIES:
+        assert f" {family}=75" in lines[2]
+    assert len((out / "train.jsonl").read_text().splitlines()) == 50
+
+
+def test_command_line_bad_flag_is_a_one_line_error(cli):
+    out, results = cli
+    rc, stdout, stderr = results["bad"]
+    assert rc != 0
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "--n-train must be at least 1" in errors[0]
+    assert not (out / "bad").exists()
