@@ -89,7 +89,7 @@ def llm_records(model_path: str, problems: list[tasks.Problem], samples: int, se
     for i, problem in enumerate(problems):
         for r in rollouts[i * samples:(i + 1) * samples]:
             if r.finished and tasks.is_correct(tasks.extract_answer(r.text), problem.answer):
-                kept.append(record(problem, prompts[i] + student.messages(r)))
+                kept.append(record(problem, prompts[i] + r.messages))
                 break
     return kept
 

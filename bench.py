@@ -1,0 +1,89 @@
+"""Benchmarks: `python bench.py` times rollout sampling against transformers' generate.
+
+Both sample single-turn completions of the same prompt, batch 64, with the same model (the
+tiny default unless --model) and the same limits, and are timed over a few repeats after a
+warm-up. Throughput counts sampled tokens only: up to and including each row's EOS (what
+generate computes after a row's EOS is padding, not samples).
+"""
+import argparse
+import time
+
+import torch
+
+import model as student
+import tasks
+import tools
+
+ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+ap.add_argument("--model", default=None, help="HF model name or folder (default: the tiny default)")
+ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+ap.add_argument("--batch", type=int, default=64, help="samples of the prompt per call")
+ap.add_argument("--max-tokens", type=int, default=128, help="new tokens per sample, at most")
+ap.add_argument("--warmup", type=int, default=1)
+ap.add_argument("--repeats", type=int, default=3)
+# Tiny models gain nothing from more threads, and on a shared machine OpenMP threads that
+# wait for a busy core make every step many times slower; 0 keeps torch's default.
+ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+QUESTION = "A box holds 113 pens. How many pens are in 18 boxes?"
+
+
+def timed(fn, args) -> tuple[float, int]:
+    """The fastest of args.repeats calls of fn() (after args.warmup calls) by tokens per
+    second: its wall time and the tokens it sampled (fn returns that count)."""
+    for _ in range(args.warmup):
+        fn()
+    runs = []
+    for _ in range(args.repeats):
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        tokens = fn()
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        runs.append((time.perf_counter() - start, tokens))
+    return max(runs, key=lambda run: run[1] / run[0])
+
+
+def bench_rollout(args) -> None:
+    """Sampled tokens per second: model.rollout against model.generate, side by side."""
+    policy, tokenizer = student.load(args.model, args.device)
+    prompt = tasks.prompt(QUESTION)
+    prompt_ids, _ = student.encode(tokenizer, prompt, tools.schemas())
+    eos = tokenizer.eos_token_id
+
+    def ours() -> int:
+        runs = student.rollout(policy, tokenizer, [prompt], tools.schemas(), n=args.batch, max_turns=1,
+                               max_tokens=args.max_tokens)
+        return sum(sum(r.mask) for r in runs)
+
+    @torch.inference_mode()
+    def generate() -> int:
+        ids = torch.tensor([prompt_ids] * args.batch, device=args.device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.device.startswith("cuda")):  # as rollout
+            out = policy.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                                  max_new_tokens=args.max_tokens, temperature=1.0, top_p=1.0, top_k=0,
+                                  eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)[:, ids.shape[1]:]
+        # Each row's tokens up to and including its first EOS; rows without EOS run to the end.
+        is_eos = (out == eos).int()
+        return int(torch.where(is_eos.any(1), is_eos.argmax(1) + 1, out.shape[1]).sum())
+
+    print(f"rollout vs generate: batch {args.batch}, up to {args.max_tokens} new tokens, "
+          f"prompt {len(prompt_ids)} tokens, {args.device}, {torch.get_num_threads()} thread(s)")
+    results = {}
+    for name, fn in [("model.rollout", ours), ("model.generate", generate)]:
+        seconds, tokens = timed(fn, args)
+        results[name] = tokens / seconds
+        print(f"  {name:15s} {tokens:6d} tokens in {seconds:6.2f} s = {tokens / seconds:8.0f} tokens/s")
+    print(f"  ratio {results['model.rollout'] / results['model.generate']:.2f}x")
+
+
+def main() -> None:
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    bench_rollout(args)
+
+
+if __name__ == "__main__":
+    main()

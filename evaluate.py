@@ -1,0 +1,143 @@
+"""What the student can do: greedy (and pass@k) rollouts on the ID and OOD test sets.
+
+    python evaluate.py runs/sft [runs/rl ...] [--data FILE.jsonl] [--k 4]
+
+Per split: accuracy, finished rate, format-valid rate, tool calls per problem, invalid-call
+rate, tool-name F1 against the teacher, and the Jensen-Shannon divergence between the
+student's and the teacher's tool-usage distributions (the paper's similarity measure).
+Results go to runs/NAME/eval.json (with a few full trajectories, student beside teacher);
+a table compares the runs.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+from collections import Counter
+
+import torch
+
+import model as student
+import reward
+import tasks
+import teacher
+import tools
+
+
+def jsd(p: Counter, q: Counter) -> float:
+    """Jensen-Shannon divergence (base 2, in [0, 1]) between two count distributions."""
+    if not p or not q:
+        return 0.0 if not p and not q else 1.0
+    P = {k: v / sum(p.values()) for k, v in p.items()}
+    Q = {k: v / sum(q.values()) for k, v in q.items()}
+    M = {k: (P.get(k, 0) + Q.get(k, 0)) / 2 for k in P.keys() | Q.keys()}
+    kl = lambda A: sum(a * math.log2(a / M[k]) for k, a in A.items() if a > 0)
+    return (kl(P) + kl(Q)) / 2
+
+
+def evaluate(policy, tokenizer, records: list[dict], k: int = 1, max_turns: int = 5,
+             max_tokens: int = 256, batch_size: int = 64, keep: int = 3, seed: int = 0) -> dict:
+    """Greedy rollouts on `records` (and `k` samples each for pass@k when k > 1).
+
+    Returns the split's metrics as a dict of floats, plus "examples": `keep` trajectories."""
+    rollouts = []
+    for i in range(0, len(records), batch_size):
+        prompts = [tasks.prompt(r["question"]) for r in records[i:i + batch_size]]
+        rollouts += student.rollout(policy, tokenizer, prompts, tools.schemas(), max_turns=max_turns,
+                                    max_tokens=max_tokens, greedy=True)
+    scores = [reward.score(ro.text, r["answer"], teacher.reference(r), finished=ro.finished)
+              for ro, r in zip(rollouts, records)]
+    used, taught = Counter(), Counter()
+    for ro, r in zip(rollouts, records):
+        used.update(c["name"] for c in ro.calls if isinstance(c["name"], str))
+        taught.update(r["teacher"]["tools"])
+    n, n_calls = len(records), sum(s["calls"] for s in scores)
+    metrics = {
+        "problems": n,
+        "accuracy": sum(s["correct"] for s in scores) / n,
+        "finished": sum(s["finished"] for s in scores) / n,
+        "format_valid": sum(s["finished"] and s["has_answer"] and s["invalid_calls"] == 0 for s in scores) / n,
+        "calls_per_problem": n_calls / n,
+        "invalid_call_rate": sum(s["invalid_calls"] for s in scores) / max(n_calls, 1),
+        "tool_f1": sum(reward.name_f1([c["name"] for c in ro.calls if isinstance(c["name"], str)],
+                                      r["teacher"]["tools"]) for ro, r in zip(rollouts, records)) / n,
+        "tool_jsd": jsd(used, taught),
+    }
+    if k > 1:
+        solved = [False] * n
+        for i in range(0, n, batch_size):
+            part = records[i:i + batch_size]
+            sampled = student.rollout(policy, tokenizer, [tasks.prompt(r["question"]) for r in part], tools.schemas(),
+                                      n=k, max_turns=max_turns, max_tokens=max_tokens, seed=seed + i)
+            for j, ro in enumerate(sampled):
+                r = part[j // k]
+                solved[i + j // k] |= ro.finished and tasks.is_correct(tasks.extract_answer(ro.text), r["answer"])
+        metrics[f"pass@{k}"] = sum(solved) / n
+    metrics["examples"] = [{"question": r["question"], "answer": r["answer"], "correct": s["correct"],
+                            "student": ro.text, "teacher": teacher.reference(r)}
+                           for ro, r, s in list(zip(rollouts, records, scores))[:keep]]
+    return metrics
+
+
+COLUMNS = [("accuracy", "acc"), ("finished", "finished"), ("format_valid", "format"),
+           ("calls_per_problem", "calls"), ("invalid_call_rate", "invalid"), ("tool_f1", "tool F1"),
+           ("tool_jsd", "JSD")]
+
+
+def table(results: dict[str, dict[str, dict]]) -> str:
+    """A text table: one row per (run, split), the metrics of COLUMNS (and pass@k if present)."""
+    extra = sorted({m for splits in results.values() for s in splits.values() for m in s if m.startswith("pass@")})
+    cols = COLUMNS + [(m, m) for m in extra]
+    width = max([len(r) for r in results] + [3])
+    lines = [f"{'run':<{width}}  {'split':<9}" + "".join(f"{title:>10}" for _, title in cols)]
+    for run, splits in results.items():
+        for split, m in splits.items():
+            lines.append(f"{run:<{width}}  {split:<9}" + "".join(
+                f"{m[key]:>10.3f}" if key in m else f"{'-':>10}" for key, _ in cols))
+    return "\n".join(lines)
+
+
+def write_json(path: str, obj) -> None:
+    """Write JSON atomically: a temp file in the same folder, then a rename."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Evaluate checkpoints on the ID and OOD test sets.")
+    ap.add_argument("runs", nargs="+", help="run folders (runs/NAME) or HF checkpoints")
+    ap.add_argument("--data", nargs="*", default=None, help="JSONL files to evaluate on (default: data/test_id, data/test_ood)")
+    ap.add_argument("--k", type=int, default=1, help="also report pass@k from k samples per problem")
+    ap.add_argument("--limit", type=int, default=None, help="evaluate on the first N problems of each split")
+    ap.add_argument("--max-turns", type=int, default=5)
+    ap.add_argument("--max-tokens", type=int, default=256)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    if args.k < 1:
+        ap.error("--k must be at least 1")
+
+    try:
+        if args.data is None:
+            paths = teacher.ensure_data()
+            files = {"ID": paths["test_id"], "OOD": paths["test_ood"]}
+        else:
+            files = {os.path.splitext(os.path.basename(p))[0]: p for p in args.data}
+        splits = {name: teacher.load_jsonl(path)[:args.limit] for name, path in files.items()}
+        results = {}
+        for run in args.runs:
+            policy, tokenizer = student.load(run, device=args.device)
+            results[run] = {name: evaluate(policy, tokenizer, recs, k=args.k, max_turns=args.max_turns,
+                                           max_tokens=args.max_tokens) for name, recs in splits.items()}
+            out = os.path.join(run, "eval.json") if os.path.isdir(run) else None
+            if out:
+                write_json(out, results[run])
+    except (teacher.DataError, student.ModelError) as e:
+        sys.exit(f"error: {e}")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,496 @@
+"""The student: load (or build) a causal LM, lay out chat conversations as tokens, sample
+whole tool-using conversations, and score tokens with log-probs.
+
+Data flow:
+    load(name)                          -> model, tokenizer (the built-in tiny default or any HF model)
+    save(run_dir, model, tokenizer)     -> run_dir/checkpoint, which load(run_dir) reads back
+    encode(tokenizer, messages, tools)  -> token ids + loss mask of a teacher trajectory (SFT)
+    rollout(model, tokenizer, prompts)  -> Rollout: sampled ids, loss mask, log-probs, tool calls (RL)
+    collate(rollouts) + logprobs(model) -> the tensors of the GRPO update
+
+Token in, token out: a rollout keeps the exact sampled ids; template text around them (the
+prompt, tool results, the next generation prompt) is rendered by the tokenizer's chat
+template and tokenized on its own, never re-tokenized from decoded model text. encode()
+cuts a finished conversation into the very same pieces, so SFT trains what rollouts sample.
+Padding is always carried by attention masks, never inferred from token ids.
+"""
+import json
+import os
+import shutil
+import tempfile
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
+from transformers.cache_utils import Cache, DynamicLayer
+
+from tools import CALL_RE, call_tool, parse_tool_calls, schemas
+
+
+class ModelError(Exception):
+    """A model or tokenizer that cannot be used; the message is one line for the user."""
+
+
+# ------------------------------------------------------------------ the tiny default
+
+TINY_PATH = "runs/tiny"  # where the built-in tiny default is created on first use
+TINY_VOCAB = 384         # 256 bytes + special tokens + ~120 merges: frequent words merge
+TINY_SEED = 0
+
+# Short on purpose: no tool schemas in the prompt (the tiny model learns its tools from the
+# teacher data, and every prompt token costs CPU time). Same flow as Qwen2.5: an assistant
+# turn ends with EOS (<|end|>), with or without tool calls; tool results come back as tool
+# turns; then the assistant continues.
+TINY_TEMPLATE = (
+    "{%- for m in messages %}"
+    "{%- if m.role == 'assistant' %}"
+    "{{- '<|assistant|>' + (m.content or '') }}"
+    "{%- for call in m.tool_calls or [] %}"
+    "{%- set f = call.function if call.function is defined else call %}"
+    "{{- '<tool_call>\\n{\"name\": \"' + f.name + '\", \"arguments\": ' + (f.arguments | tojson) + '}\\n</tool_call>' }}"
+    "{%- endfor %}"
+    "{{- '<|end|>' }}"
+    "{%- else %}"
+    "{{- '<|' + m.role + '|>' + m.content }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|assistant|>' }}{%- endif %}"
+)
+TINY_ROLES = ["<|system|>", "<|user|>", "<|assistant|>", "<|tool|>"]  # special: dropped from decoded text
+TINY_ADDED = ["<tool_call>", "</tool_call>"]  # plain added tokens: they stay in decoded text
+
+
+def tiny_corpus() -> list[str]:
+    """The text the tiny tokenizer learns from: the training split's messages and tool calls
+    (as the template prints them), the system prompt and the tool schemas."""
+    import tasks  # imported here: only building the tiny default needs the benchmark
+    import teacher
+
+    texts = [tasks.SYSTEM_PROMPT] + [json.dumps(s) for s in schemas()]
+    for record in teacher.load_jsonl(teacher.ensure_data()["train"]):
+        for m in record["teacher"]["messages"]:
+            texts.append(m.get("content") or "")
+            texts += [json.dumps(c["function"]) for c in m.get("tool_calls") or []]
+    return texts
+
+
+def build_tokenizer(texts: list[str]) -> Qwen2Tokenizer:
+    """A small byte-level BPE tokenizer trained on `texts`, with the tiny chat template.
+
+    It is a Qwen2Tokenizer (Qwen2.5's normalizer, pre-tokenizer and decoder, only a smaller
+    vocabulary): AutoTokenizer loads any qwen2-type checkpoint as one, so training with the
+    same pipeline keeps the saved and the loaded tokenizer identical. Its pre-tokenizer puts
+    every digit in a token of its own, so numbers are spelled digit by digit."""
+    base = Qwen2Tokenizer(eos_token="<|end|>", pad_token="<|pad|>", unk_token=None)
+    tokenizer = base.train_new_from_iterator(texts, vocab_size=TINY_VOCAB, new_special_tokens=TINY_ROLES,
+                                             show_progress=False)
+    tokenizer.add_tokens(TINY_ADDED)
+    tokenizer.chat_template = TINY_TEMPLATE
+    return tokenizer
+
+
+def build_tiny(path: str, texts: list[str]) -> None:
+    """Create the tiny default in the run folder `path`: a ~1M-parameter Qwen2 with random
+    weights (fixed seed) and a BPE tokenizer trained on `texts`."""
+    tokenizer = build_tokenizer(texts)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=4, intermediate_size=512, max_position_embeddings=2048,
+                         tie_word_embeddings=True, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(TINY_SEED)
+    save(path, Qwen2ForCausalLM(config), tokenizer)
+
+
+# ------------------------------------------------------------------ saving and loading
+
+def save(path: str, model, tokenizer, state: dict | None = None) -> None:
+    """Write an HF checkpoint (save_pretrained of model and tokenizer, plus the trainer
+    `state` as trainer_state.pt if given) to `path`/checkpoint. The new checkpoint is written
+    aside and swapped in whole, so a crash never leaves a half-written one."""
+    os.makedirs(path, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=path, prefix=".checkpoint-")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if state is not None:
+        torch.save(state, os.path.join(tmp, "trainer_state.pt"))
+    final, old = os.path.join(path, "checkpoint"), os.path.join(path, ".checkpoint-old")
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.isdir(final):
+        os.rename(final, old)
+    os.rename(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load(name_or_path: str | None = None, device: str | torch.device = "cpu",
+         compile: bool = False) -> tuple[AutoModelForCausalLM, Qwen2Tokenizer]:
+    """Load a causal LM and its tokenizer: the tiny default (built at TINY_PATH on first use)
+    when `name_or_path` is None, else a run folder written by save(), a folder written by
+    save_pretrained, or a hub name. The same code path for all of them.
+
+    Weights stay float32: on CUDA the forward passes run under bf16 autocast (see
+    `_autocast`), so AdamW updates at RL learning rates (1e-6) are not lost to bf16 rounding.
+    `compile=True` compiles the transformer stack for the training passes (logprobs; worth
+    it on GPU); rollouts decode eagerly, since their shapes change at every step.
+    Raises ModelError with one line when the files are missing or unusable."""
+    if name_or_path is None:
+        if not os.path.isdir(os.path.join(TINY_PATH, "checkpoint")):
+            build_tiny(TINY_PATH, tiny_corpus())
+        name_or_path = TINY_PATH
+    if os.path.isdir(os.path.join(name_or_path, "checkpoint")):  # a run folder
+        name_or_path = os.path.join(name_or_path, "checkpoint")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as e:
+        if not os.path.isdir(name_or_path):
+            raise ModelError(f"'{name_or_path}' is neither a folder nor a model the hub can serve here") from None
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelError(f"'{name_or_path}' holds no usable model and tokenizer: {reason}") from None
+    if not tokenizer.chat_template:
+        raise ModelError(f"the tokenizer of '{name_or_path}' has no chat template; use a chat/instruct model")
+    if tokenizer.pad_token is None:  # harmless: padding is read from attention masks, never from ids
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device).eval()
+    if compile:
+        model.model.compile(dynamic=True)
+    return model, tokenizer
+
+
+def _autocast(model):
+    """bf16 autocast on CUDA, nothing elsewhere (CPU stays float32)."""
+    if model.device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+# ------------------------------------------------------------------- chat layout (SFT)
+
+def _render(tokenizer, messages: list[dict], tools: list[dict] | None, generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
+                                         add_generation_prompt=generation_prompt)
+
+
+def _pieces(tokenizer, messages: list[dict], tools: list[dict] | None) -> list[tuple[str, int]]:
+    """Cut the rendered conversation into (text, sampled) pieces: template text the model
+    reads (0), and each assistant turn from after its generation prompt up to and including
+    its EOS (1). Ends at the last assistant EOS, or with the generation prompt when the last
+    message is not the assistant's (text after an EOS is template glue, never sampled)."""
+    eos = tokenizer.eos_token
+    pieces, done = [], ""
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        head = _render(tokenizer, messages[:i], tools, True)
+        full = _render(tokenizer, messages[:i + 1], tools, False)
+        end = full.find(eos, len(head))
+        if not (head.startswith(done) and full.startswith(head)) or end < 0:
+            raise ModelError("the chat template does not render turns as stable prefixes ending with EOS; "
+                             "token-in/token-out rollouts need one that does")
+        end += len(eos)
+        pieces += [(head[len(done):], 0), (full[len(head):end], 1)]
+        done = full[:end]
+    if not messages or messages[-1]["role"] != "assistant":
+        head = _render(tokenizer, messages, tools, True)
+        if not head.startswith(done):
+            raise ModelError("the chat template does not render turns as stable prefixes; "
+                             "token-in/token-out rollouts need one that does")
+        pieces.append((head[len(done):], 0))
+    return [(text, sampled) for text, sampled in pieces if text]
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encode(tokenizer, messages: list[dict], tools: list[dict] | None) -> tuple[list[int], list[int]]:
+    """Token ids of a conversation rendered by the chat template, and its loss mask: 1 on the
+    tokens the assistant produces (content, tool-call text, the EOS closing each of its
+    turns), 0 on system/user/tool text and template glue. Laid out exactly like a rollout:
+    each piece is tokenized on its own, and the ids stop at the last assistant EOS."""
+    ids, mask = [], []
+    for text, sampled in _pieces(tokenizer, messages, tools):
+        piece = _ids(tokenizer, text)
+        ids += piece
+        mask += [sampled] * len(piece)
+    return ids, mask
+
+
+# ------------------------------------------------------------------- the KV cache
+
+class _BufferLayer(DynamicLayer):
+    """A DynamicLayer that writes keys/values into a buffer sized for the whole turn
+    (prompt + token budget) instead of growing by torch.cat: the cat copies the whole cache
+    at every token (a quarter of the tiny model's decode step on CPU, pure memory traffic on
+    GPU). `keys`/`values` are views of the filled part, so attention and masks see exactly
+    what a DynamicLayer would show them."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self.length = 0
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.device = key_states.device
+            self.buffers = [s.new_empty(*s.shape[:2], self.capacity, s.shape[3]) for s in (key_states, value_states)]
+            self.is_initialized = True
+        end = self.length + key_states.shape[-2]
+        self.buffers[0][:, :, self.length:end] = key_states
+        self.buffers[1][:, :, self.length:end] = value_states
+        self.length = end
+        return self._views()
+
+    def _views(self):
+        self.keys, self.values = (b[:, :, :self.length] for b in self.buffers)
+        return self.keys, self.values
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self.buffers = [b.repeat_interleave(repeats, dim=0) for b in self.buffers]
+        self._views()
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.buffers = [b[indices] for b in self.buffers]
+        self._views()
+
+
+def _new_cache(model, capacity: int) -> Cache:
+    return Cache(layers=[_BufferLayer(capacity) for _ in range(model.config.num_hidden_layers)])
+
+
+# ------------------------------------------------------------------- sampling one turn
+
+def _pick(logits: torch.Tensor, temperature: float, top_p: float, greedy: bool,
+          generator: torch.Generator | None) -> torch.Tensor:
+    """The next token of each row of float `logits` [B, V]."""
+    if greedy:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # mass before a token already covers top_p
+        probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+@torch.inference_mode()
+@torch.compiler.set_stance("force_eager")  # a compiled model decodes eagerly: shapes change every step
+def _sample_turn(model, rows: list[list[int]], n: int, budgets: list[int], eos_id: int, temperature: float,
+                 top_p: float, greedy: bool,
+                 generator: torch.Generator | None) -> list[tuple[list[int], list[float], bool]]:
+    """Sample one assistant turn after each token sequence of `rows`, `n` times each.
+
+    Each distinct row is prefilled once (left-padded, explicit positions) and its cache
+    repeated n times. A sample stops at EOS or after its budget (`budgets[i]` tokens for
+    row i); stopped samples leave the batch once they are a quarter of it (each removal
+    copies the cache, so it is batched), and cost nothing afterwards.
+    Returns, row by row with the n samples of a row adjacent: (sampled ids, their log-probs
+    under the plain model distribution, whether the turn ended with EOS)."""
+    device = model.device
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    attention = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r)
+        attention[i, width - len(r):] = 1
+    ids, attention = ids.to(device), attention.to(device)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    budget = torch.tensor(budgets, device=device).repeat_interleave(n)
+    steps = max(budgets)
+
+    cache = _new_cache(model, width + steps)
+    with _autocast(model):
+        logits = model(input_ids=ids, attention_mask=attention, position_ids=positions, cache=cache,
+                       logits_to_keep=1).logits[:, -1].float()
+    cache.batch_repeat_interleave(n)
+    logits, attention = logits.repeat_interleave(n, 0), attention.repeat_interleave(n, 0)
+    position = positions[:, -1:].repeat_interleave(n, 0)
+
+    total = len(rows) * n
+    tokens = torch.zeros(total, steps, dtype=torch.long, device=device)
+    logps = torch.zeros(total, steps, device=device)
+    lengths = torch.zeros(total, dtype=torch.long, device=device)
+    ended = torch.zeros(total, dtype=torch.bool, device=device)
+    live = torch.arange(total, device=device)  # the sample each batch row belongs to
+    stopped = torch.zeros(total, dtype=torch.bool, device=device)  # batch rows whose sample is complete
+    for t in range(steps):
+        token = _pick(logits, temperature, top_p, greedy, generator)
+        # The log-prob under the plain model (temperature 1, no top-p), whatever we sampled
+        # from: it is what a fresh logprobs() pass gives, i.e. what the RL ratio compares.
+        # Stopped rows write past their length too; those entries are cut off below.
+        tokens[live, t] = token
+        logps[live, t] = logits.gather(1, token[:, None]).squeeze(1) - logits.logsumexp(-1)
+        is_eos = token == eos_id
+        stop = ~stopped & (is_eos | (budget[live] <= t + 1))
+        lengths[live[stop]] = t + 1
+        ended[live[stop]] = is_eos[stop]
+        stopped |= stop
+        n_stopped = int(stopped.sum())
+        if n_stopped == len(live):
+            break
+        if 4 * n_stopped >= len(live):  # drop stopped rows once they are a quarter of the batch
+            keep = (~stopped).nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            live, token, stopped = live[keep], token[keep], stopped[keep]
+            attention, position = attention[keep], position[keep]
+        attention = torch.cat([attention, attention.new_ones(len(live), 1)], dim=1)
+        position = position + 1
+        with _autocast(model):
+            logits = model(input_ids=token[:, None], attention_mask=attention, position_ids=position,
+                           cache=cache).logits[:, -1].float()
+
+    tokens, logps, lengths, ended = tokens.tolist(), logps.tolist(), lengths.tolist(), ended.tolist()
+    return [(tokens[i][:lengths[i]], logps[i][:lengths[i]], ended[i]) for i in range(total)]
+
+
+# ------------------------------------------------------------ whole conversations (RL)
+
+@dataclass
+class Rollout:
+    ids: list[int]          # prompt + everything after (sampled turns and tool-response/template tokens)
+    mask: list[int]         # 1 only on sampled tokens
+    logprobs: list[float]   # log-prob at sampling time of sampled tokens (plain model distribution), 0.0 elsewhere
+    prompt_len: int
+    text: str               # the assistant text of all turns (decoded sampled tokens), joined by "\n"
+    calls: list[dict]       # every parsed call, in order, each {"name", "arguments", "error", "result"}
+    turns: int              # assistant turns generated
+    finished: bool          # True iff the last assistant turn ended with EOS and had no tool call
+    messages: list[dict] = field(default_factory=list)  # the turns as chat messages (assistant + tool)
+
+
+def _tool_turn(tokenizer, prompt: list[dict], results: list[tuple[str, str]], tools: list[dict] | None) -> list[int]:
+    """Token ids of the template text between the EOS closing a tool-calling turn and the
+    next sampled token: the tool results (name, text) as tool messages and the generation
+    prompt. Rendered after a stand-in assistant turn, since the text that follows an EOS
+    does not depend on what the turn said."""
+    stand_in = {"role": "assistant", "content": "..."}
+    replies = [{"role": "tool", "name": name, "content": text} for name, text in results]
+    return _ids(tokenizer, _pieces(tokenizer, prompt + [stand_in] + replies, tools)[-1][0])
+
+
+def _assistant_message(text: str, calls: list[dict]) -> dict:
+    """A sampled turn as a chat message: the text outside the tool-call blocks as content,
+    the valid calls in the OpenAI/HF `tool_calls` shape."""
+    return {"role": "assistant", "content": CALL_RE.sub("", text).strip(),
+            "tool_calls": [{"type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+                           for c in calls if c["error"] is None]}
+
+
+def rollout(model, tokenizer, prompts: list[list[dict]], tools: list[dict] | None, n: int = 1,
+            max_turns: int = 5, max_tokens: int = 256, temperature: float = 1.0, top_p: float = 1.0,
+            greedy: bool = False, seed: int | None = None) -> list[Rollout]:
+    """Sample `n` tool-using conversations per prompt (chat messages, e.g. tasks.prompt(q)).
+
+    Each assistant turn ends at EOS. A turn's tool calls are parsed and run (a malformed call
+    gets its 'error: ...' text back); if turns remain, the results go back through the chat
+    template and the model continues. A conversation is finished when a turn ends with EOS
+    and holds no tool call; it is cut off (finished=False) when it is out of turns or out of
+    `max_tokens` (all tokens after the prompt: sampled and tool responses).
+
+    Later turns re-prefill the continuing conversations (whole sequence, fresh cache):
+    simpler than splicing tool-response tokens into ragged caches, and cheap next to decoding.
+    Returns len(prompts) * n rollouts, the n samples of each prompt adjacent."""
+    generator = None if seed is None else torch.Generator(model.device).manual_seed(seed)
+    eos_id = tokenizer.eos_token_id
+    prompt_ids = [encode(tokenizer, p, tools)[0] for p in prompts]
+    runs = [Rollout(ids=list(ids), mask=[0] * len(ids), logprobs=[0.0] * len(ids), prompt_len=len(ids),
+                    text="", calls=[], turns=0, finished=False)
+            for ids in prompt_ids for _ in range(n)]
+    texts = [[] for _ in runs]
+
+    active = list(range(len(runs)))
+    for turn in range(max_turns):
+        budgets = [max_tokens - (len(runs[i].ids) - runs[i].prompt_len) for i in active]
+        if turn == 0:  # the n samples of a prompt share its prefill
+            sampled = _sample_turn(model, prompt_ids, n, budgets[::n], eos_id, temperature, top_p, greedy, generator)
+        else:
+            sampled = _sample_turn(model, [runs[i].ids for i in active], 1, budgets, eos_id, temperature, top_p,
+                                   greedy, generator)
+        still = []
+        for i, (ids, logps, ended), budget in zip(active, sampled, budgets):
+            r = runs[i]
+            r.ids += ids
+            r.mask += [1] * len(ids)
+            r.logprobs += logps
+            r.turns += 1
+            text = tokenizer.decode(ids, skip_special_tokens=True)
+            texts[i].append(text)
+            calls = [dict(c, result=call_tool(c)) for c in parse_tool_calls(text)]
+            r.calls += calls
+            r.messages.append(_assistant_message(text, calls))
+            if not ended or not calls or turn + 1 == max_turns:
+                r.finished = ended and not calls  # cut off: out of tokens, or out of turns while calling
+                continue
+            replies = _tool_turn(tokenizer, prompts[i // n], [(str(c["name"]), c["result"]) for c in calls], tools)
+            if len(ids) + len(replies) >= budget:
+                continue  # no room left for the results and an answer: cut off
+            r.ids += replies
+            r.mask += [0] * len(replies)
+            r.logprobs += [0.0] * len(replies)
+            r.messages += [{"role": "tool", "name": str(c["name"]), "content": c["result"]} for c in calls]
+            still.append(i)
+        active = still
+        if not active:
+            break
+    for r, t in zip(runs, texts):
+        r.text = "\n".join(t)
+    return runs
+
+
+# ------------------------------------------------------------------ scoring tokens
+
+LOGPROB_CHUNK = 256  # positions per lm_head chunk: bounds the [B, chunk, vocab] float32 logits
+
+
+def _chunk_logprobs(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor):
+    """log p(target) and the entropy at each position of a chunk of hidden states."""
+    logits = lm_head(hidden).float()
+    lse = logits.logsumexp(-1)
+    logp = logits.gather(-1, targets[..., None]).squeeze(-1) - lse
+    with torch.no_grad():  # entropy is for logs only
+        entropy = lse - (torch.softmax(logits, -1) * logits).sum(-1)
+    return logp, entropy
+
+
+def logprobs(model, ids: torch.Tensor, attention_mask: torch.Tensor,
+             with_entropy: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs of a right-padded batch `ids` [B, T]:
+    out[:, t] = log p(ids[:, t] | ids[:, :t]), out[:, 0] = 0 (and junk where the mask is 0).
+
+    The vocabulary projection runs in chunks of positions (recomputed in the backward pass
+    when gradients are on), so the full [B, T, vocab] float32 logits never exist at once.
+    Gradients flow. With `with_entropy`, also the per-token entropy (no gradient)."""
+    with _autocast(model):
+        hidden = model.model(input_ids=ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        logps, entropies = [], []
+        for s in range(0, ids.shape[1] - 1, LOGPROB_CHUNK):  # hidden state at t predicts token t + 1
+            e = min(s + LOGPROB_CHUNK, ids.shape[1] - 1)
+            args = (model.lm_head, hidden[:, s:e], ids[:, s + 1:e + 1])
+            if torch.is_grad_enabled():
+                logp, entropy = torch.utils.checkpoint.checkpoint(_chunk_logprobs, *args, use_reentrant=False)
+            else:
+                logp, entropy = _chunk_logprobs(*args)
+            logps.append(logp)
+            entropies.append(entropy)
+    zero = hidden.new_zeros(ids.shape[0], 1, dtype=torch.float32)
+    out = torch.cat([zero] + logps, dim=1)
+    if with_entropy:
+        return out, torch.cat([zero] + entropies, dim=1)
+    return out
+
+
+def collate(rollouts: list[Rollout], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded tensors of a batch of rollouts: "ids" [B, T], "attention_mask",
+    "loss_mask" and "old_logprobs". Position t of the masks and log-probs refers to token t,
+    the logprobs() convention, so they line up with its output without a shift."""
+    width = max(len(r.ids) for r in rollouts)
+    batch = {"ids": torch.full((len(rollouts), width), pad_id, dtype=torch.long),
+             "attention_mask": torch.zeros(len(rollouts), width, dtype=torch.long),
+             "loss_mask": torch.zeros(len(rollouts), width),
+             "old_logprobs": torch.zeros(len(rollouts), width)}
+    for i, r in enumerate(rollouts):
+        batch["ids"][i, :len(r.ids)] = torch.tensor(r.ids)
+        batch["attention_mask"][i, :len(r.ids)] = 1
+        batch["loss_mask"][i, :len(r.ids)] = torch.tensor(r.mask, dtype=torch.float32)
+        batch["old_logprobs"][i, :len(r.ids)] = torch.tensor(r.logprobs)
+    return batch

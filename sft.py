@@ -1,0 +1,141 @@
+"""Supervised fine-tuning on the teacher's trajectories.
+
+    python sft.py                      # the paper's SFT baseline: all teacher data
+    python sft.py --limit 200 --out runs/warm   # a warm start that only teaches the format
+
+The loss is the next-token cross-entropy on the assistant's tokens only: not on the prompt,
+not on tool responses (the student should learn to call tools, not to predict their output).
+Writes runs/NAME/: the HF checkpoint, args.json, metrics.jsonl, eval.json.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+
+import evaluate
+import model as student
+import teacher
+import tools
+
+# Defaults that depend on the model size: the tiny built-in student learns from scratch and
+# wants a large learning rate; a pretrained model only needs a gentle nudge.
+PROFILES = {
+    "tiny": dict(steps=1200, batch_size=32, lr=3e-3, warmup=100),
+    "real": dict(steps=500, batch_size=8, lr=1e-5, warmup=20),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description="Supervised fine-tuning on teacher trajectories.")
+    ap.add_argument("--model", default=None, help="HF model name or path (default: the built-in tiny student)")
+    ap.add_argument("--data", default="data", help="folder with train.jsonl, test_id.jsonl, test_ood.jsonl")
+    ap.add_argument("--out", default="runs/sft", help="run folder")
+    ap.add_argument("--limit", type=int, default=None, help="train on the first N examples only (warm start)")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--warmup", type=int, default=None, help="linear warm-up steps, then cosine decay to 10%%")
+    ap.add_argument("--eval-every", type=int, default=400, help="steps between evaluations (0: only at the end)")
+    ap.add_argument("--eval-limit", type=int, default=100, help="problems per split in periodic evaluations")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    args = ap.parse_args(argv)
+    for key, value in PROFILES["tiny" if args.model is None else "real"].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.steps < 1 or args.batch_size < 1 or args.lr <= 0 or (args.limit is not None and args.limit < 1):
+        ap.error("--steps, --batch-size, --lr and --limit must be positive")
+    return args
+
+
+def lr_at(step: int, args: argparse.Namespace) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    progress = (step - args.warmup) / max(1, args.steps - args.warmup)
+    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def batch(examples: list[tuple[list[int], list[int]]], pad_id: int, device) -> tuple[torch.Tensor, ...]:
+    """Right-pad (ids, loss mask) pairs into tensors: ids, attention mask, loss mask."""
+    T = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    attn = torch.zeros(len(examples), T, dtype=torch.long)
+    mask = torch.zeros(len(examples), T)
+    for i, (x, m) in enumerate(examples):
+        ids[i, :len(x)], attn[i, :len(x)], mask[i, :len(m)] = torch.tensor(x), 1, torch.tensor(m, dtype=torch.float)
+    return ids.to(device), attn.to(device), mask.to(device)
+
+
+def evaluate_splits(policy, tokenizer, splits: dict[str, list[dict]], limit: int | None) -> dict[str, dict]:
+    """Greedy accuracy and friends on each test split (the first `limit` problems)."""
+    policy.eval()
+    with torch.no_grad():
+        out = {name: evaluate.evaluate(policy, tokenizer, recs[:limit]) for name, recs in splits.items()}
+    policy.train()
+    return out
+
+
+def train(args: argparse.Namespace) -> dict[str, dict]:
+    """Run SFT as configured by `args`; returns the final evaluation per split."""
+    torch.manual_seed(args.seed)
+    paths = teacher.ensure_data(args.data)
+    records = [r for r in teacher.load_jsonl(paths["train"]) if r["teacher"]["messages"]][:args.limit]
+    if not records:
+        raise teacher.DataError(f"{paths['train']}: no teacher trajectories (messages) to learn from")
+    splits = {"ID": teacher.load_jsonl(paths["test_id"]), "OOD": teacher.load_jsonl(paths["test_ood"])}
+    policy, tokenizer = student.load(args.model, device=args.device, compile=args.compile)
+    examples = [student.encode(tokenizer, r["teacher"]["messages"], tools.schemas()) for r in records]
+    os.makedirs(args.out, exist_ok=True)
+    evaluate.write_json(os.path.join(args.out, "args.json"), vars(args))
+    log = open(os.path.join(args.out, "metrics.jsonl"), "w")
+    print(f"sft: {len(examples)} trajectories, {sum(p.numel() for p in policy.parameters()) / 1e6:.2f}M parameters, "
+          f"{args.steps} steps of {args.batch_size}")
+
+    opt = torch.optim.AdamW(policy.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
+    gen = torch.Generator().manual_seed(args.seed)
+    policy.train()
+    bar = tqdm(range(args.steps), desc="sft")
+    for step in bar:
+        t0 = time.time()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, args)
+        picks = torch.randint(len(examples), (args.batch_size,), generator=gen).tolist()
+        ids, attn, mask = batch([examples[i] for i in picks], tokenizer.pad_token_id, args.device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.device.startswith("cuda")):
+            logp = student.logprobs(policy, ids, attn)
+        loss = -(logp * mask).sum() / mask.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        opt.step()
+        row = {"step": step + 1, "loss": loss.item(), "grad_norm": grad_norm.item(), "lr": lr_at(step, args),
+               "step_time": time.time() - t0}
+        if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
+            for name, m in evaluate_splits(policy, tokenizer, splits, args.eval_limit).items():
+                row[f"{name}_accuracy"] = m["accuracy"]
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+        bar.set_postfix(loss=f"{row['loss']:.3f}", **{k: f"{v:.2f}" for k, v in row.items() if k.endswith("accuracy")})
+
+    student.save(args.out, policy, tokenizer)
+    final = evaluate_splits(policy, tokenizer, splits, None)
+    evaluate.write_json(os.path.join(args.out, "eval.json"), final)
+    log.write(json.dumps({"step": args.steps, **{f"{n}_accuracy": m["accuracy"] for n, m in final.items()}}) + "\n")
+    log.close()
+    print(evaluate.table({args.out: final}))
+    return final
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    try:
+        train(args)
+    except (teacher.DataError, student.ModelError) as e:
+        sys.exit(f"error: {e}")

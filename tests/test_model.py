@@ -1,0 +1,282 @@
+"""model.py: loading, the chat layout (encode), rollouts with tools, log-probs and collate.
+
+The real-model path is tested offline with a tiny random Qwen2 whose tokenizer knows Qwen's
+special tokens and carries the real Qwen2.5 chat template (tests/fixtures). A copy of it is
+trained for a few seconds to emit two known conversations, one with a valid tool call and
+one with a malformed call, so rollouts really call tools and can be checked token by token.
+"""
+import os
+import sys
+
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import model  # noqa: E402
+import tools  # noqa: E402
+
+TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "qwen2.5-instruct.chat_template.jinja")
+ADD = [s for s in tools.schemas() if s["function"]["name"] == "add"]
+SYSTEM = {"role": "system", "content": "Use the tools."}
+CALL_ADD = {"type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 3}}}
+CONV_ADD = [SYSTEM, {"role": "user", "content": "What is 2 plus 3?"},
+            {"role": "assistant", "content": "", "tool_calls": [CALL_ADD]},
+            {"role": "tool", "name": "add", "content": "5"},
+            {"role": "assistant", "content": "\\boxed{5}"}]
+BAD_ERROR = "error: tool call is not a JSON object"
+CONV_BAD = [SYSTEM, {"role": "user", "content": "Break it."},
+            {"role": "assistant", "content": "<tool_call>\n{oops}\n</tool_call>"},
+            {"role": "tool", "name": "None", "content": BAD_ERROR},
+            {"role": "assistant", "content": "\\boxed{0}"}]
+
+
+def qwen_like(path: str, template: str | None) -> str:
+    """Save a tiny random Qwen2 and a Qwen2-style tokenizer (byte-level BPE, <|im_start|>,
+    <|im_end|> as EOS, <|endoftext|> as pad, the tool tags as added tokens) to `path`."""
+    base = Qwen2Tokenizer(eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None)
+    base.chat_template = open(TEMPLATE).read()
+    texts = [base.apply_chat_template(c, tools=ADD, tokenize=False) for c in (CONV_ADD, CONV_BAD)]
+    tok = base.train_new_from_iterator(texts * 20, vocab_size=600, new_special_tokens=["<|im_start|>"],
+                                       show_progress=False)
+    tok.add_tokens(["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"])
+    tok.chat_template = template
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=128, tie_word_embeddings=False,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def qwen(tmp_path_factory):
+    """A random tiny Qwen2 with the real Qwen2.5 template, loaded through model.load."""
+    return model.load(qwen_like(str(tmp_path_factory.mktemp("qwen")), open(TEMPLATE).read()))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The same kind of model, trained to emit CONV_ADD and CONV_BAD (its own copy)."""
+    policy, tok = model.load(qwen_like(str(tmp_path_factory.mktemp("trained")), open(TEMPLATE).read()))
+    examples = [model.encode(tok, c, ADD) for c in (CONV_ADD, CONV_BAD)]
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.tensor([ids + [tok.pad_token_id] * (width - len(ids)) for ids, _ in examples])
+    attn = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in examples])
+    mask = torch.tensor([m + [0] * (width - len(m)) for _, m in examples], dtype=torch.float)
+    opt = torch.optim.Adam(policy.parameters(), lr=1e-2)
+    policy.train()
+    for _ in range(200):
+        loss = -(model.logprobs(policy, ids, attn) * mask).sum() / mask.sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    policy.eval()
+    assert loss.item() < 0.02
+    return policy, tok
+
+
+def runs_of_ones(ids: list[int], mask: list[int]) -> list[list[int]]:
+    """The maximal runs of ids where mask is 1."""
+    runs, prev = [], 0
+    for i, m in zip(ids, mask):
+        if m and not prev:
+            runs.append([])
+        if m:
+            runs[-1].append(i)
+        prev = m
+    return runs
+
+
+# ------------------------------------------------------------------------------ loading
+
+def test_load_bad_path_is_a_one_line_model_error(tmp_path):
+    with pytest.raises(model.ModelError) as e:
+        model.load(str(tmp_path / "nothing-here"))
+    assert "\n" not in str(e.value) and "nothing-here" in str(e.value)
+
+
+def test_load_tokenizer_without_chat_template_is_a_model_error(tmp_path):
+    path = qwen_like(str(tmp_path), template=None)
+    with pytest.raises(model.ModelError, match="no chat template") as e:
+        model.load(path)
+    assert "\n" not in str(e.value)
+
+
+def test_tiny_default_builds_once_and_loads(tmp_path, monkeypatch):
+    monkeypatch.setattr(model, "TINY_PATH", str(tmp_path / "tiny"))
+    corpus = [m["content"] for m in CONV_ADD] + ['{"name": "add", "arguments": {"a": 12, "b": 34}}'] * 50
+    monkeypatch.setattr(model, "tiny_corpus", lambda: corpus)
+    policy, tok = model.load()
+    assert isinstance(policy, Qwen2ForCausalLM) and policy.config.hidden_size == 128
+    assert 0.9e6 < sum(p.numel() for p in policy.parameters()) < 1.2e6
+    assert tok.eos_token == "<|end|>" and tok.pad_token_id != tok.eos_token_id
+    assert tok.tokenize("2024") == ["2", "0", "2", "4"]  # one token per digit
+    text = tok.apply_chat_template(CONV_ADD, tools=tools.schemas(), tokenize=False)
+    assert "<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 2, \"b\": 3}}\n</tool_call><|end|>" in text
+    assert "<|tool|>5<|assistant|>\\boxed{5}<|end|>" in text
+    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+    built = os.path.getmtime(tmp_path / "tiny" / "checkpoint" / "config.json")
+    model.load()
+    assert os.path.getmtime(tmp_path / "tiny" / "checkpoint" / "config.json") == built
+
+
+def test_save_then_load_a_run_folder(qwen, tmp_path):
+    policy, tok = qwen
+    model.save(str(tmp_path), policy, tok, state={"step": 3})
+    model.save(str(tmp_path), policy, tok, state={"step": 4})  # replaces the checkpoint whole
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint"]
+    assert torch.load(tmp_path / "checkpoint" / "trainer_state.pt")["step"] == 4
+    again, _ = model.load(str(tmp_path))
+    assert all(torch.equal(a, b) for a, b in zip(policy.state_dict().values(), again.state_dict().values()))
+
+
+# ------------------------------------------------------------------------------- encode
+
+def test_encode_masks_exactly_the_assistant_turns_qwen_template(qwen):
+    _, tok = qwen
+    ids, mask = model.encode(tok, CONV_ADD, ADD)
+    assert len(ids) == len(mask)
+    turns = [tok.decode(r) for r in runs_of_ones(ids, mask)]
+    assert turns == ['<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call><|im_end|>',
+                     "\\boxed{5}<|im_end|>"]
+    text = tok.decode(ids)  # the whole conversation, up to the last EOS; tools listed in the system turn
+    assert text == tok.apply_chat_template(CONV_ADD, tools=ADD, tokenize=False).removesuffix("\n")
+    masked_out = tok.decode([i for i, m in zip(ids, mask) if not m])
+    assert "<tool_response>\n5\n</tool_response>" in masked_out and '"name": "add"' in masked_out  # schema
+
+
+def test_encode_masks_exactly_the_assistant_turns_tiny_template():
+    tok = model.build_tokenizer([m["content"] for m in CONV_ADD] * 20)
+    ids, mask = model.encode(tok, CONV_ADD, tools.schemas())
+    assert [tok.decode(r) for r in runs_of_ones(ids, mask)] == [
+        '<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call><|end|>', "\\boxed{5}<|end|>"]
+    assert tok.decode([i for i, m in zip(ids, mask) if not m]) == (
+        "<|system|>Use the tools.<|user|>What is 2 plus 3?<|assistant|><|tool|>5<|assistant|>")
+
+
+def test_encode_of_a_prompt_ends_with_the_generation_prompt(qwen):
+    _, tok = qwen
+    ids, mask = model.encode(tok, CONV_ADD[:2], ADD)
+    assert tok.decode(ids).endswith("<|im_start|>assistant\n") and not any(mask)
+
+
+def test_tool_turn_tokens_equal_the_encoded_glue_for_both_templates(qwen):
+    # What a rollout appends after a tool-calling turn's EOS is exactly what encode() puts
+    # between that turn and the next one (rendered after a stand-in assistant turn).
+    for tok in (qwen[1], model.build_tokenizer([m["content"] for m in CONV_ADD] * 20)):
+        ids, mask = model.encode(tok, CONV_ADD, ADD)
+        start = mask.index(1) + len(runs_of_ones(ids, mask)[0])
+        glue = ids[start:start + mask[start:].index(1)]
+        assert model._tool_turn(tok, CONV_ADD[:2], [("add", "5")], ADD) == glue
+
+
+# ----------------------------------------------------------------------------- rollouts
+
+def test_rollout_calls_the_tool_and_lays_out_tokens_like_encode(trained):
+    policy, tok = trained
+    r = model.rollout(policy, tok, [CONV_ADD[:2]], ADD, greedy=True)[0]
+    assert r.calls == [{"name": "add", "arguments": {"a": 2, "b": 3}, "error": None, "result": "5"}]
+    assert r.turns == 2 and r.finished
+    assert r.text == '<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call>\n\\boxed{5}'
+    ids, mask = model.encode(tok, CONV_ADD, ADD)
+    assert r.ids == ids and r.mask == mask  # SFT trains exactly what rollouts sample
+    after_prompt = tok.decode([i for i, m in zip(r.ids[r.prompt_len:], r.mask[r.prompt_len:]) if not m])
+    assert after_prompt == "\n<|im_start|>user\n<tool_response>\n5\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+    assert r.messages == [{"role": "assistant", "content": "", "tool_calls": [CALL_ADD]},
+                          {"role": "tool", "name": "add", "content": "5"},
+                          {"role": "assistant", "content": "\\boxed{5}", "tool_calls": []}]
+
+
+def test_malformed_tool_call_gets_an_error_message_back(trained):
+    policy, tok = trained
+    r = model.rollout(policy, tok, [CONV_BAD[:2]], ADD, greedy=True)[0]
+    assert len(r.calls) == 1 and r.calls[0]["error"] and r.calls[0]["result"] == BAD_ERROR
+    assert f"<tool_response>\n{BAD_ERROR}\n</tool_response>" in tok.decode(r.ids[r.prompt_len:])
+    assert r.turns == 2 and r.finished and r.text.endswith("\\boxed{0}")
+
+
+def test_out_of_turns_is_unfinished_and_appends_no_tool_response(trained):
+    policy, tok = trained
+    r = model.rollout(policy, tok, [CONV_ADD[:2]], ADD, max_turns=1, greedy=True)[0]
+    assert r.turns == 1 and not r.finished and r.calls[0]["result"] == "5"
+    assert all(r.mask[r.prompt_len:]) and r.ids[-1] == tok.eos_token_id
+
+
+def test_rollouts_out_of_tokens_are_unfinished(trained):
+    policy, tok = trained
+    r = model.rollout(policy, tok, [CONV_ADD[:2]], ADD, max_tokens=5, greedy=True)[0]
+    assert not r.finished and r.turns == 1 and len(r.ids) - r.prompt_len == 5
+    # Tool responses count too: room for the first turn, not for the tool response after it.
+    ids, mask = model.encode(tok, CONV_ADD, ADD)
+    first_turn = len(runs_of_ones(ids, mask)[0])
+    r = model.rollout(policy, tok, [CONV_ADD[:2]], ADD, max_tokens=first_turn + 3, greedy=True)[0]
+    assert not r.finished and r.turns == 1 and len(r.ids) - r.prompt_len == first_turn
+
+
+def test_rollout_logprobs_equal_a_fresh_logprobs_pass(trained):
+    policy, tok = trained
+    # Sampling at temperature 1.5 and top-p makes some samples stray from the learnt turns:
+    # varied lengths, left padding, tool responses, several turns, re-prefilled caches.
+    runs = model.rollout(policy, tok, [CONV_ADD[:2], CONV_BAD[:2]], ADD, n=4, max_tokens=60,
+                         temperature=1.5, top_p=0.95, seed=1)
+    assert len({len(r.ids) for r in runs}) > 1 and any(r.turns > 1 for r in runs)
+    for r in runs:
+        assert len(r.ids) == len(r.mask) == len(r.logprobs)
+        assert all(lp == 0.0 for lp, m in zip(r.logprobs, r.mask) if not m)
+    batch = model.collate(runs, tok.pad_token_id)
+    with torch.no_grad():
+        fresh = model.logprobs(policy, batch["ids"], batch["attention_mask"])
+    mask = batch["loss_mask"].bool()
+    assert torch.allclose(fresh[mask], batch["old_logprobs"][mask], atol=1e-4)
+
+
+def test_group_layout_seed_and_greedy(qwen):
+    policy, tok = qwen
+    prompts = [CONV_ADD[:2], CONV_BAD[:2]]
+    a = model.rollout(policy, tok, prompts, ADD, n=3, max_tokens=12, seed=7)
+    b = model.rollout(policy, tok, prompts, ADD, n=3, max_tokens=12, seed=7)
+    c = model.rollout(policy, tok, prompts, ADD, n=3, max_tokens=12, seed=8)
+    assert [r.ids for r in a] == [r.ids for r in b] and [r.ids for r in a] != [r.ids for r in c]
+    for i, p in enumerate(prompts):  # the n samples of prompt i are adjacent
+        prompt_ids, _ = model.encode(tok, p, ADD)
+        assert all(r.ids[:r.prompt_len] == prompt_ids for r in a[3 * i:3 * i + 3])
+    greedy = model.rollout(policy, tok, prompts, ADD, n=3, max_tokens=12, greedy=True)
+    assert greedy[0].ids == greedy[1].ids == greedy[2].ids
+    assert [r.ids for r in greedy] == [r.ids for r in model.rollout(policy, tok, prompts, ADD, n=3, max_tokens=12,
+                                                                    greedy=True)]
+    nucleus = model.rollout(policy, tok, prompts, ADD, n=3, max_tokens=12, top_p=1e-6, seed=3)
+    assert [r.ids for r in nucleus] == [r.ids for r in greedy]  # a tiny nucleus is the top token
+
+
+# ------------------------------------------------------------------ logprobs and collate
+
+def test_logprobs_in_chunks_match_a_plain_log_softmax_and_carry_gradients(qwen, monkeypatch):
+    policy, tok = qwen
+    monkeypatch.setattr(model, "LOGPROB_CHUNK", 7)
+    ids = torch.randint(0, len(tok), (2, 30))
+    attn = torch.ones_like(ids)
+    attn[1, 20:] = 0
+    out, entropy = model.logprobs(policy, ids, attn, with_entropy=True)
+    logits = policy(input_ids=ids, attention_mask=attn).logits.float()
+    expected = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    assert out.shape == entropy.shape == ids.shape and torch.all(out[:, 0] == 0)
+    assert torch.allclose(out[:, 1:], expected, atol=1e-5)
+    probs = torch.softmax(logits[:, :-1], -1)
+    assert torch.allclose(entropy[:, 1:], -(probs * probs.log()).sum(-1), atol=1e-4)
+    out[attn.bool()].sum().backward()
+    assert policy.lm_head.weight.grad is not None and policy.model.embed_tokens.weight.grad.abs().sum() > 0
+    policy.zero_grad(set_to_none=True)
+
+
+def test_collate_right_pads_and_aligns_masks_with_logprobs():
+    a = model.Rollout(ids=[5, 6, 7, 8], mask=[0, 0, 1, 1], logprobs=[0.0, 0.0, -1.0, -2.0], prompt_len=2,
+                      text="", calls=[], turns=1, finished=True)
+    b = model.Rollout(ids=[5, 6, 9], mask=[0, 0, 1], logprobs=[0.0, 0.0, -3.0], prompt_len=2,
+                      text="", calls=[], turns=1, finished=False)
+    batch = model.collate([a, b], pad_id=0)
+    assert batch["ids"].tolist() == [[5, 6, 7, 8], [5, 6, 9, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+    assert batch["loss_mask"].tolist() == [[0, 0, 1, 1], [0, 0, 1, 0]]
+    assert batch["old_logprobs"].tolist() == [[0, 0, -1, -2], [0, 0, -3, 0]]

@@ -1,0 +1,188 @@
+"""sft.py, rl.py and evaluate.py end to end on the tiny default, in a temporary folder with
+a small benchmark (200 training problems, 8 per test split)."""
+import json
+import math
+import os
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import evaluate  # noqa: E402
+import model  # noqa: E402
+import rl  # noqa: E402
+import sft  # noqa: E402
+import tasks  # noqa: E402
+import teacher  # noqa: E402
+import tools  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A folder with data/ (small splits) and runs/tiny; the tests run inside it."""
+    path = tmp_path_factory.mktemp("work")
+    for split, problems in tasks.benchmark(n_train=200, n_test=8).items():
+        teacher.write_jsonl(str(path / "data" / f"{split}.jsonl"), [teacher.record(p, teacher.trajectory(p)) for p in problems])
+    old = os.getcwd()
+    os.chdir(path)
+    model.load()  # builds runs/tiny from data/train.jsonl
+    yield path
+    os.chdir(old)
+
+
+@pytest.fixture(scope="module")
+def warm(workdir):
+    """A short SFT run: the warm start of the RL tests."""
+    sft.train(sft.parse_args(["--limit", "64", "--steps", "40", "--batch-size", "16", "--eval-every", "0",
+                              "--out", "runs/warm"]))
+    return "runs/warm"
+
+
+def read_log(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_sft_lowers_the_loss_and_writes_a_run(warm):
+    log = read_log(os.path.join(warm, "metrics.jsonl"))
+    losses = [row["loss"] for row in log if "loss" in row]
+    assert len(losses) == 40
+    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
+    assert os.path.isfile(os.path.join(warm, "checkpoint", "model.safetensors"))
+    assert json.load(open(os.path.join(warm, "args.json")))["limit"] == 64
+    result = json.load(open(os.path.join(warm, "eval.json")))
+    assert set(result) == {"ID", "OOD"} and result["ID"]["problems"] == 8
+
+
+def test_sft_trains_only_the_assistant_tokens(warm):
+    policy, tok = model.load(warm)
+    record = teacher.load_jsonl("data/train.jsonl")[0]
+    ids, attn, mask = sft.batch([model.encode(tok, record["teacher"]["messages"], tools.schemas())], tok.pad_token_id, "cpu")
+    trained = tok.decode(ids[0][mask[0] == 1])
+    assert "<tool_call>" in trained and "\\boxed{" + record["answer"] + "}" in trained
+    assert record["question"] not in trained and tasks.SYSTEM_PROMPT not in trained
+    # the tool's output is in the sequence but not in the loss
+    tool_out = next(m["content"] for m in record["teacher"]["messages"] if m["role"] == "tool")
+    untrained = tok.decode(ids[0][mask[0] == 0])
+    assert tool_out in untrained
+
+
+def test_masked_tokens_get_no_gradient():
+    logp = torch.randn(2, 5, requires_grad=True)
+    mask = torch.tensor([[0, 1, 1, 0, 0], [0, 0, 1, 1, 1]], dtype=torch.float)
+    ref = torch.randn(2, 5)
+    loss, _ = rl.policy_loss(logp, logp.detach() - 0.1, torch.tensor([1.0, -2.0]), mask)
+    (loss + 0.5 * rl.masked_mean(rl.kl_penalty(logp, ref), mask)).backward()
+    assert (logp.grad[mask == 0] == 0).all()
+    assert (logp.grad[mask == 1] != 0).all()
+
+
+def test_grpo_steps_raise_the_mean_reward_on_a_toy_problem(warm):
+    """The loss functions and rollouts of rl.py on a toy reward: the share of '7' digits in
+    a short answer. A few GRPO steps must raise it clearly."""
+    torch.manual_seed(0)
+    policy, tok = model.load(warm)
+    ref, _ = model.load(warm)
+    opt = torch.optim.AdamW(policy.parameters(), lr=3e-3)
+    prompts = [tasks.prompt("Say a number.")] * 4
+    G = 8
+
+    def toy_rewards(rollouts):
+        return torch.tensor([sum(ch == "7" for ch in r.text) / max(1, sum(ch.isdigit() for ch in r.text))
+                             for r in rollouts])
+
+    history = []
+    for step in range(12):
+        with torch.no_grad():
+            rollouts = model.rollout(policy, tok, prompts, None, n=G, max_turns=1, max_tokens=12, seed=step)
+        rewards = toy_rewards(rollouts)
+        history.append(rewards.mean().item())
+        data = model.collate(rollouts, tok.pad_token_id)
+        ref_logp = rl.batched_logprobs(ref, data, 64)
+        logp = model.logprobs(policy, data["ids"], data["attention_mask"])
+        pg, _ = rl.policy_loss(logp, data["old_logprobs"], rl.grpo_advantages(rewards, G), data["loss_mask"])
+        loss = pg + 0.001 * rl.masked_mean(rl.kl_penalty(logp, ref_logp), data["loss_mask"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert sum(history[-3:]) / 3 > sum(history[:3]) / 3 + 0.15
+
+
+RL_FLAGS = ["--init", "runs/warm", "--prompts", "2", "--group", "4", "--max-tokens", "96", "--minibatch", "4",
+            "--eval-every", "0", "--save-every", "1", "--out", "runs/rl"]
+
+
+def test_rl_runs_logs_saves_and_resumes_where_it_stopped(warm):
+    rl.train(rl.parse_args(RL_FLAGS + ["--steps", "2"]))
+    first = read_log("runs/rl/metrics.jsonl")
+    assert [row["step"] for row in first] == [1, 2]
+    for key in ("reward", "reward_std", "correct", "tool_match", "zero_var_groups", "calls", "invalid_call_rate",
+                "kl", "entropy", "clip_frac", "grad_norm", "response_tokens", "truncated", "step_time", "tokens_per_s"):
+        assert key in first[0]
+    assert 0 <= first[0]["zero_var_groups"] <= 1 and first[0]["response_tokens"] > 0
+    state = torch.load("runs/rl/checkpoint/trainer_state.pt", weights_only=False)
+    assert state["step"] == 2 and state["init"] == "runs/warm" and state["optimizer"]["state"]
+    weights = {k: v.clone() for k, v in model.load("runs/rl")[0].state_dict().items()}
+
+    rl.train(rl.parse_args(RL_FLAGS + ["--steps", "3", "--resume"]))
+    assert [row["step"] for row in read_log("runs/rl/metrics.jsonl")] == [1, 2, 3]
+    assert torch.load("runs/rl/checkpoint/trainer_state.pt", weights_only=False)["step"] == 3
+    after = model.load("runs/rl")[0].state_dict()
+    assert any(not torch.equal(weights[k], after[k]) for k in weights)  # step 3 trained from step 2's weights
+    # the reference is still the warm start, not the resumed weights
+    assert json.load(open("runs/rl/eval.json"))["ID"]["problems"] == 8
+
+
+def test_non_finite_loss_skips_the_update(warm, monkeypatch, capsys):
+    monkeypatch.setattr(rl, "policy_loss", lambda *a, **k: (torch.tensor(float("nan")), torch.tensor(0.0)))
+    rl.train(rl.parse_args(RL_FLAGS + ["--steps", "1", "--out", "runs/nan"]))
+    before, after = model.load("runs/warm")[0].state_dict(), model.load("runs/nan")[0].state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    out = capsys.readouterr()
+    assert "non-finite loss" in out.out + out.err
+
+
+def test_jsd_of_tool_usage():
+    assert evaluate.jsd(Counter(add=2), Counter(add=5)) == 0.0
+    assert evaluate.jsd(Counter(add=1), Counter(multiply=1)) == pytest.approx(1.0)
+    # P = (1/2, 1/2), Q = (1, 0): M = (3/4, 1/4); JSD = (KL(P||M) + KL(Q||M)) / 2
+    kl_p = 0.5 * math.log2(0.5 / 0.75) + 0.5 * math.log2(0.5 / 0.25)
+    kl_q = math.log2(1 / 0.75)
+    expected = (kl_p + kl_q) / 2
+    assert evaluate.jsd(Counter(add=1, power=1), Counter(add=3)) == pytest.approx(expected)
+    assert evaluate.jsd(Counter(), Counter()) == 0.0 and evaluate.jsd(Counter(), Counter(add=1)) == 1.0
+
+
+def test_evaluate_reports_every_metric_with_examples(warm):
+    policy, tok = model.load(warm)
+    records = teacher.load_jsonl("data/test_id.jsonl")
+    m = evaluate.evaluate(policy, tok, records, k=2, max_tokens=96)
+    for key in ("accuracy", "finished", "format_valid", "calls_per_problem", "invalid_call_rate", "tool_f1",
+                "tool_jsd", "pass@2"):
+        assert 0 <= m[key] <= (5 if key == "calls_per_problem" else 1)
+    assert m["pass@2"] >= 0 and m["problems"] == 8 and len(m["examples"]) == 3
+    assert m["examples"][0]["teacher"] == teacher.reference(records[0])
+    assert "ID" in evaluate.table({"run": {"ID": m}})
+
+
+def run_cli(*argv: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["rl.py", "--group", "1"], "--group must be at least 2"),
+    (["rl.py", "--reward", "dense"], "invalid choice"),
+    (["rl.py", "--resume", "--out", "runs/none", "--init", "runs/warm"], "no checkpoint to resume from"),
+    (["sft.py", "--model", "no/such/model"], "no/such/model"),
+    (["evaluate.py", "runs/none"], "runs/none"),
+    (["evaluate.py", "runs/warm", "--data", "missing.jsonl"], "missing.jsonl: no such file"),
+])
+def test_bad_input_gives_one_line_and_nonzero_exit(warm, argv, message):
+    result = run_cli(os.path.join(ROOT, argv[0]), *argv[1:], cwd=os.getcwd())
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
