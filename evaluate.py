@@ -64,6 +64,9 @@ def evaluate(policy, tokenizer, records: list[dict], k: int = 1, max_turns: int 
                                       r["teacher"]["tools"]) for ro, r in zip(rollouts, records)) / n,
         "tool_jsd": jsd(used, taught),
     }
+    families = sorted({r["family"] for r in records})
+    metrics["by_family"] = {f: sum(s["correct"] for s, r in zip(scores, records) if r["family"] == f) /
+                               sum(r["family"] == f for r in records) for f in families}
     if k > 1:
         solved = [False] * n
         for i in range(0, n, batch_size):

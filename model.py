@@ -35,7 +35,7 @@ class ModelError(Exception):
 # ------------------------------------------------------------------ the tiny default
 
 TINY_PATH = "runs/tiny"  # where the built-in tiny default is created on first use
-TINY_VOCAB = 384         # 256 bytes + special tokens + ~120 merges: frequent words merge
+TINY_VOCAB = 1024        # 256 bytes + special tokens + merges: every word of the benchmark is one token
 TINY_SEED = 0
 
 # Short on purpose: no tool schemas in the prompt (the tiny model learns its tools from the
@@ -95,7 +95,7 @@ def build_tiny(path: str, texts: list[str]) -> None:
     weights (fixed seed) and a BPE tokenizer trained on `texts`."""
     tokenizer = build_tokenizer(texts)
     config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
-                         num_key_value_heads=4, intermediate_size=512, max_position_embeddings=2048,
+                         num_key_value_heads=4, intermediate_size=384, max_position_embeddings=2048,
                          tie_word_embeddings=True, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(TINY_SEED)

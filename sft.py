@@ -25,7 +25,7 @@ import tools
 # Defaults that depend on the model size: the tiny built-in student learns from scratch and
 # wants a large learning rate; a pretrained model only needs a gentle nudge.
 PROFILES = {
-    "tiny": dict(steps=1200, batch_size=32, lr=3e-3, warmup=100),
+    "tiny": dict(steps=400, batch_size=32, lr=3e-3, warmup=40),
     "real": dict(steps=500, batch_size=8, lr=1e-5, warmup=20),
 }
 
@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--warmup", type=int, default=None, help="linear warm-up steps, then cosine decay to 10%%")
-    ap.add_argument("--eval-every", type=int, default=400, help="steps between evaluations (0: only at the end)")
+    ap.add_argument("--eval-every", type=int, default=200, help="steps between evaluations (0: only at the end)")
     ap.add_argument("--eval-limit", type=int, default=100, help="problems per split in periodic evaluations")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -8,10 +8,12 @@ computed by running the plan through tools.call_tool, never written by hand.
 In-domain (ID) families are what the student trains on. Out-of-domain (OOD) families use
 the same tools and the same words, shifted mildly (a tiny student generalizes only within
 what its training spans, so a big shift would put every method at 0%):
-  - ood_longer_total: a total of four or five numbers; ID totals have two or three.
+  - ood_total_four:   a total of exactly four numbers; ID totals have two, three or five,
+                      so four is an unseen length inside the seen range.
+  - ood_big_numbers:  the ID "boxes" story with 4-digit pen counts; ID boxes have 1 to 3
+                      digits, while other ID stories (apples, cups, heights) have 1 to 4.
   - ood_area_cost:    the "square garden" story followed by a price per square meter: a new
                       composition (power, then multiply) of phrases seen apart.
-  - ood_big_numbers:  the ID "boxes" story with 4-digit counts; ID numbers have 1 to 3 digits.
   - ood_three_steps:  the "shirts" story followed by the "are sold ... left" phrase: three
                       dependent calls (add, multiply, subtract); ID chains stop after two.
 Some families admit two valid strategies (sum_numbers versus a chain of add; power(x, 2)
@@ -77,7 +79,7 @@ def share(rng, lo, hi):
     return q, [[("divide", {"a": a, "b": b})], [("round_number", {"x": "#0", "digits": 2})]]
 
 
-def total(rng, lo, hi, sizes=(2, 3)):
+def total(rng, lo, hi, sizes=(2, 3, 5)):
     n, xs = rng.choice(NAMES), [num(rng, lo, hi) for _ in range(rng.choice(sizes))]
     listed = ", ".join(map(str, xs[:-1])) + f" and {xs[-1]}"
     return f"{n} scored {listed} points. How many points is that in total?", [[("sum_numbers", {"numbers": xs})]]
@@ -116,8 +118,8 @@ def gap(rng, lo, hi):
     return q, [[("subtract", {"a": a, "b": b})], [("abs_value", {"x": "#0"})]]
 
 
-def ood_longer_total(rng, lo, hi):
-    return total(rng, lo, hi, sizes=(4, 5))
+def ood_total_four(rng, lo, hi):
+    return total(rng, lo, hi, sizes=(4,))
 
 
 def ood_area_cost(rng, lo, hi):
@@ -135,10 +137,11 @@ def ood_three_steps(rng, lo, hi):
 
 ID_FAMILIES = {f.__name__: f for f in [add_more, sold, boxes, share, total, square_area,
                                        shirts, average, cartons, side, gap]}
-OOD_FAMILIES = {"ood_longer_total": ood_longer_total, "ood_area_cost": ood_area_cost,
+OOD_FAMILIES = {"ood_total_four": ood_total_four, "ood_area_cost": ood_area_cost,
                 "ood_big_numbers": boxes, "ood_three_steps": ood_three_steps}
-ID_RANGE = (1, 999)        # 1 to 3 digits
-OOD_BIG_RANGE = (1000, 9999)
+RANGES = {"add_more": (1, 9999), "sold": (1, 9999), "gap": (1, 9999),  # 1 to 4 digits
+          "ood_big_numbers": (1000, 9999)}
+DEFAULT_RANGE = (1, 999)  # 1 to 3 digits
 
 
 # ----------------------------------------------------------------------- running a plan
@@ -168,7 +171,7 @@ def float_or_int(text: str) -> int | float:
 
 def make_problem(family: str, rng: random.Random, split: str, index: int) -> Problem:
     fn = OOD_FAMILIES[family] if family.startswith("ood_") else ID_FAMILIES[family]
-    lo, hi = OOD_BIG_RANGE if family == "ood_big_numbers" else ID_RANGE
+    lo, hi = RANGES.get(family, DEFAULT_RANGE)
     question, plan = fn(rng, lo, hi)
     _, answer = run_plan(plan)
     return Problem(f"{split}-{index}", question, answer, split, family, plan)
