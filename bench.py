@@ -1,9 +1,14 @@
-"""Benchmarks: `python bench.py` times rollout sampling against transformers' generate.
+"""Benchmarks: `python bench.py` times rollout sampling against transformers' generate,
+and one GRPO step of rl.py at a fixed setting.
 
 Both sample single-turn completions of the same prompt, batch 64, with the same model (the
 tiny default unless --model) and the same limits, and are timed over a few repeats after a
 warm-up. Throughput counts sampled tokens only: up to and including each row's EOS (what
 generate computes after a row's EOS is padding, not samples).
+
+The GRPO step is rl.py's at 8 prompts x 8 samples and up to 100 new tokens per rollout
+(one tool turn at most, so every trainer compares on the same work): rollout, reward,
+reference log-probs and the update (policy log-probs, loss, backward, AdamW), each timed.
 """
 import argparse
 import time
@@ -11,7 +16,10 @@ import time
 import torch
 
 import model as student
+import reward
+import rl
 import tasks
+import teacher
 import tools
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -23,6 +31,7 @@ ap.add_argument("--warmup", type=int, default=1)
 ap.add_argument("--repeats", type=int, default=3)
 # Tiny models gain nothing from more threads, and on a shared machine OpenMP threads that
 # wait for a busy core make every step many times slower; 0 keeps torch's default.
+ap.add_argument("--skip-generate", action="store_true", help="only time the GRPO step")
 ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
 QUESTION = "A box holds 113 pens. How many pens are in 18 boxes?"
 
@@ -77,12 +86,63 @@ def bench_rollout(args) -> None:
     print(f"  ratio {results['model.rollout'] / results['model.generate']:.2f}x")
 
 
+def bench_step(args) -> None:
+    """One GRPO step of rl.py (8 prompts x 8 samples, <= 100 new tokens), timed by phase."""
+    policy, tokenizer = student.load(args.model, args.device)
+    ref, _ = student.load(args.model, args.device)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-6)
+    problems = teacher.load_jsonl(teacher.ensure_data()["train"])[:8]
+    prompts = [tasks.prompt(p["question"]) for p in problems]
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+
+    def step(seed: int) -> dict[str, float]:
+        times, t = {}, time.perf_counter()
+        policy.eval()
+        with torch.no_grad():
+            rollouts = student.rollout(policy, tokenizer, prompts, tools.schemas(), n=8, max_turns=2,
+                                       max_tokens=100, seed=seed)
+        sync()
+        times["rollout"], t = time.perf_counter() - t, time.perf_counter()
+        rewards = torch.tensor([reward.score(r.text, p["answer"], teacher.reference(p), finished=r.finished)["reward"]
+                                for r, p in zip(rollouts, [p for p in problems for _ in range(8)])])
+        adv = rl.grpo_advantages(rewards, 8).to(args.device)
+        data = {k: v.to(args.device) for k, v in student.collate(rollouts, tokenizer.pad_token_id).items()}
+        times["reward"], t = time.perf_counter() - t, time.perf_counter()
+        ref_logp = rl.batched_logprobs(ref, data, 64)
+        sync()
+        times["ref logprobs"], t = time.perf_counter() - t, time.perf_counter()
+        policy.train()
+        logp = student.logprobs(policy, data["ids"], data["attention_mask"])
+        loss = rl.policy_loss(logp, data["old_logprobs"], adv, data["loss_mask"])[0]
+        loss = loss + 0.001 * rl.masked_mean(rl.kl_penalty(logp, ref_logp), data["loss_mask"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sync()
+        times["update"] = time.perf_counter() - t
+        times["sampled tokens"] = sum(sum(r.mask) for r in rollouts)
+        return times
+
+    for i in range(args.warmup):
+        step(i)
+    runs = [step(args.warmup + i) for i in range(args.repeats)]
+    best = min(runs, key=lambda r: sum(v for k, v in r.items() if k != "sampled tokens"))
+    total = sum(v for k, v in best.items() if k != "sampled tokens")
+    print(f"GRPO step: 8 prompts x 8 samples, <= 100 new tokens, {args.device}, {torch.get_num_threads()} thread(s)")
+    for name, seconds in best.items():
+        if name != "sampled tokens":
+            print(f"  {name:15s} {seconds:6.2f} s  {seconds / total:5.1%}")
+    print(f"  {'step':15s} {total:6.2f} s  ({best['sampled tokens']} sampled tokens)")
+
+
 def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    bench_rollout(args)
+    if not args.skip_generate:
+        bench_rollout(args)
+    bench_step(args)
 
 
 if __name__ == "__main__":

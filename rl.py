@@ -29,10 +29,10 @@ import tools
 # Defaults that depend on the model size, in one place. The tiny student is trained from
 # scratch, so it takes much larger steps than a pretrained model (the authors use 1e-6).
 PROFILES = {
-    "tiny": dict(steps=60, prompts=16, lr=2e-4, max_tokens=160, eval_every=20, eval_limit=100),
+    "tiny": dict(steps=60, prompts=16, lr=5e-5, max_tokens=160, eval_every=20, eval_limit=100),
     "real": dict(steps=200, prompts=8, lr=1e-6, max_tokens=1024, eval_every=50, eval_limit=200),
 }
-WARM_START = ["--limit", "400", "--steps", "300", "--eval-every", "0"]  # sft.py flags of the tiny warm start
+WARM_START = ["--limit", "400", "--steps", "350", "--eval-every", "0"]  # sft.py flags of the tiny warm start
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -127,6 +127,18 @@ def warm_start(args: argparse.Namespace) -> str:
     return warm.out
 
 
+def starting_eval(init: str, policy, tokenizer, splits: dict) -> dict:
+    """The starting policy's test results: its run folder's eval.json when it has one on
+    these splits (a warm start shared by several runs is evaluated once), else evaluated now."""
+    path = os.path.join(init, "eval.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            saved = json.load(f)
+        if all(saved.get(name, {}).get("problems") == len(recs) for name, recs in splits.items()):
+            return saved
+    return sft.evaluate_splits(policy, tokenizer, splits, None)
+
+
 def train(args: argparse.Namespace) -> dict:
     """Run GRPO as configured; returns {"before": eval, "after": eval} on the test splits."""
     random.seed(args.seed)
@@ -155,7 +167,7 @@ def train(args: argparse.Namespace) -> dict:
     os.makedirs(args.out, exist_ok=True)
     evaluate.write_json(os.path.join(args.out, "args.json"), vars(args))
     log = open(os.path.join(args.out, "metrics.jsonl"), "a" if args.resume else "w")
-    before = state["before"] if state else sft.evaluate_splits(policy, tokenizer, splits, None)
+    before = state["before"] if state else starting_eval(init, policy, tokenizer, splits)
     G, pad = args.group, tokenizer.pad_token_id
     autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.device.startswith("cuda"))
 

@@ -186,3 +186,15 @@ def test_bad_input_gives_one_line_and_nonzero_exit(warm, argv, message):
     result = run_cli(os.path.join(ROOT, argv[0]), *argv[1:], cwd=os.getcwd())
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_llm_teacher_keeps_only_trajectories_that_reach_the_answer(warm):
+    problems = tasks.benchmark(n_train=6, n_test=1, seed=5)["train"]
+    kept = teacher.llm_records(warm, problems, samples=2, seed=0)
+    assert len(kept) <= len(problems)
+    for record in kept:
+        assert tasks.is_correct(tasks.extract_answer(record["teacher"]["messages"][-1]["content"]), record["answer"])
+        assert tasks.is_correct(teacher.replay(record["teacher"]["messages"]), record["answer"])  # real tool outputs
+        assert record["teacher"]["tools"] == [c["name"] for c in teacher.tool_calls(record["teacher"]["messages"])]
+    # a model that cannot solve anything yields nothing, not wrong trajectories
+    assert teacher.llm_records("runs/tiny", problems[:2], samples=1, seed=0) == []
