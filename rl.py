@@ -29,7 +29,7 @@ import tools
 # Defaults that depend on the model size, in one place. The tiny student is trained from
 # scratch, so it takes much larger steps than a pretrained model (the authors use 1e-6).
 PROFILES = {
-    "tiny": dict(steps=60, prompts=16, lr=5e-5, max_tokens=160, eval_every=20, eval_limit=100),
+    "tiny": dict(steps=60, prompts=16, lr=1e-4, max_tokens=160, eval_every=20, eval_limit=100),
     "real": dict(steps=200, prompts=8, lr=1e-6, max_tokens=1024, eval_every=50, eval_limit=200),
 }
 WARM_START = ["--limit", "400", "--steps", "350", "--eval-every", "0"]  # sft.py flags of the tiny warm start
@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--ppo-epochs", type=int, default=1)
     ap.add_argument("--minibatch", type=int, default=64, help="rollouts per optimizer step")
     ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--warmup", type=int, default=10,
+                    help="steps of linear lr warm-up (Adam's first steps move every weight by ~lr)")
     ap.add_argument("--kl-coef", type=float, default=0.001)
     ap.add_argument("--clip-low", type=float, default=0.2)
     ap.add_argument("--clip-high", type=float, default=0.2)
@@ -174,6 +176,8 @@ def train(args: argparse.Namespace) -> dict:
     bar = tqdm(range(start, args.steps), desc=f"rl {args.reward}", initial=start, total=args.steps)
     for step in bar:
         t0 = time.time()
+        for group in opt.param_groups:
+            group["lr"] = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
         # 1. Roll out G conversations per problem with the current policy.
         problems = random.sample(train_set, args.prompts)
         policy.eval()

@@ -198,3 +198,23 @@ def test_llm_teacher_keeps_only_trajectories_that_reach_the_answer(warm):
         assert record["teacher"]["tools"] == [c["name"] for c in teacher.tool_calls(record["teacher"]["messages"])]
     # a model that cannot solve anything yields nothing, not wrong trajectories
     assert teacher.llm_records("runs/tiny", problems[:2], samples=1, seed=0) == []
+
+
+def test_compare_runs_every_method_over_seeds_and_reuses_finished_runs(warm, monkeypatch, capsys):
+    import compare
+
+    monkeypatch.setattr(rl, "WARM_START", ["--limit", "32", "--steps", "4", "--eval-every", "0"])
+    argv = ["compare.py", "--seeds", "2", "--rl-steps", "1", "--sft-steps", "2", "--out", "runs/cmp",
+            "--methods", "sft", "sparse", "mentor"]
+    monkeypatch.setattr(sys, "argv", argv)
+    compare.main()
+    out = capsys.readouterr().out
+    for method in ("warm", "sft", "sparse", "mentor"):
+        assert any(line.startswith(method) and "±" in line for line in out.splitlines()), method
+    results = json.load(open("runs/cmp/results.json"))
+    assert results["seeds"] == 2 and len(results["mentor"]["OOD_accuracy"]) == 2
+    assert all(0 <= a <= 1 for a in results["sft"]["ID_accuracy"])
+    # a second call trains nothing again: every run folder already has its eval.json
+    stamp = os.path.getmtime("runs/cmp/mentor-s1/eval.json")
+    compare.main()
+    assert os.path.getmtime("runs/cmp/mentor-s1/eval.json") == stamp
