@@ -13,7 +13,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections import Counter
 
 import torch
@@ -48,9 +47,10 @@ def evaluate(policy, tokenizer, records: list[dict], k: int = 1, max_turns: int 
                                     max_tokens=max_tokens, greedy=True)
     scores = [reward.score(ro.text, r["answer"], teacher.reference(r), finished=ro.finished)
               for ro, r in zip(rollouts, records)]
+    names = [[c["name"] for c in ro.calls if isinstance(c["name"], str)] for ro in rollouts]
     used, taught = Counter(), Counter()
-    for ro, r in zip(rollouts, records):
-        used.update(c["name"] for c in ro.calls if isinstance(c["name"], str))
+    for student_names, r in zip(names, records):
+        used.update(student_names)
         taught.update(r["teacher"]["tools"])
     n, n_calls = len(records), sum(s["calls"] for s in scores)
     metrics = {
@@ -60,8 +60,7 @@ def evaluate(policy, tokenizer, records: list[dict], k: int = 1, max_turns: int 
         "format_valid": sum(s["finished"] and s["has_answer"] and s["invalid_calls"] == 0 for s in scores) / n,
         "calls_per_problem": n_calls / n,
         "invalid_call_rate": sum(s["invalid_calls"] for s in scores) / max(n_calls, 1),
-        "tool_f1": sum(reward.name_f1([c["name"] for c in ro.calls if isinstance(c["name"], str)],
-                                      r["teacher"]["tools"]) for ro, r in zip(rollouts, records)) / n,
+        "tool_f1": sum(reward.name_f1(s, r["teacher"]["tools"]) for s, r in zip(names, records)) / n,
         "tool_jsd": jsd(used, taught),
     }
     families = sorted({r["family"] for r in records})
@@ -102,11 +101,8 @@ def table(results: dict[str, dict[str, dict]]) -> str:
 
 
 def write_json(path: str, obj) -> None:
-    """Write JSON atomically: a temp file in the same folder, then a rename."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    """Write JSON atomically (teacher.write_atomic)."""
+    teacher.write_atomic(path, json.dumps(obj, indent=1))
 
 
 def main() -> None:

@@ -171,7 +171,6 @@ def train(args: argparse.Namespace) -> dict:
     log = open(os.path.join(args.out, "metrics.jsonl"), "a" if args.resume else "w")
     before = state["before"] if state else starting_eval(init, policy, tokenizer, splits)
     G, pad = args.group, tokenizer.pad_token_id
-    autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.device.startswith("cuda"))
 
     bar = tqdm(range(start, args.steps), desc=f"rl {args.reward}", initial=start, total=args.steps)
     for step in bar:
@@ -181,7 +180,7 @@ def train(args: argparse.Namespace) -> dict:
         # 1. Roll out G conversations per problem with the current policy.
         problems = random.sample(train_set, args.prompts)
         policy.eval()
-        with torch.no_grad(), autocast():
+        with torch.no_grad():  # rollout and logprobs run under bf16 autocast on CUDA themselves
             rollouts = student.rollout(policy, tokenizer, [tasks.prompt(p["question"]) for p in problems],
                                        tools.schemas(), n=G, max_turns=args.max_turns, max_tokens=args.max_tokens,
                                        temperature=args.temperature, seed=args.seed * 1_000_003 + step)
@@ -192,8 +191,7 @@ def train(args: argparse.Namespace) -> dict:
         rewards = torch.tensor([s["reward"] for s in scores])
         adv = grpo_advantages(rewards, G)
         data = {k: v.to(args.device) for k, v in student.collate(rollouts, pad).items()}
-        with autocast():
-            ref_logp = batched_logprobs(ref, data, args.minibatch)
+        ref_logp = batched_logprobs(ref, data, args.minibatch)
         # 3. Clipped policy-gradient updates on mini-batches, KL to the reference as a loss term.
         policy.train()
         adv = adv.to(args.device)
@@ -202,8 +200,7 @@ def train(args: argparse.Namespace) -> dict:
             for idx in torch.randperm(len(rollouts)).split(args.minibatch):
                 idx = idx.to(args.device)
                 mask = data["loss_mask"][idx]
-                with autocast():
-                    logp, entropy = student.logprobs(policy, data["ids"][idx], data["attention_mask"][idx], with_entropy=True)
+                logp, entropy = student.logprobs(policy, data["ids"][idx], data["attention_mask"][idx], with_entropy=True)
                 pg, clip_frac = policy_loss(logp.float(), data["old_logprobs"][idx], adv[idx], mask,
                                             args.clip_low, args.clip_high)
                 kl = masked_mean(kl_penalty(logp.float(), ref_logp[idx].float()), mask)

@@ -108,8 +108,7 @@ def train(args: argparse.Namespace) -> dict[str, dict]:
             group["lr"] = lr_at(step, args)
         picks = torch.randint(len(examples), (args.batch_size,), generator=gen).tolist()
         ids, attn, mask = batch([examples[i] for i in picks], tokenizer.pad_token_id, args.device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.device.startswith("cuda")):
-            logp = student.logprobs(policy, ids, attn)
+        logp = student.logprobs(policy, ids, attn)  # bf16 autocast on CUDA inside
         loss = -(logp * mask).sum() / mask.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -96,14 +96,19 @@ def llm_records(model_path: str, problems: list[tasks.Problem], samples: int, se
 
 # ------------------------------------------------------------------------------- files
 
-def write_jsonl(path: str, records: list[dict]) -> None:
-    """Write records atomically: a temp file in the same folder, then a rename."""
+def write_atomic(path: str, text: str) -> None:
+    """Write a text file atomically: a temp file in the same folder, then a rename, so a
+    crash never leaves a half-written file."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
+        f.write(text)
     os.replace(tmp, path)
+
+
+def write_jsonl(path: str, records: list[dict]) -> None:
+    """Write records as JSONL, atomically."""
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def load_jsonl(path: str) -> list[dict]:
