@@ -10,10 +10,14 @@ does what is missing.
 """
 import argparse
 import json
+import multiprocessing
 import os
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+
+import torch
 
 import evaluate
 import model as student
@@ -35,10 +39,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--rl-steps", type=int, default=rl.PROFILES["tiny"]["steps"])
     ap.add_argument("--sft-steps", type=int, default=600, help="SFT steps on all data, after the warm start")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs trained at once, one CPU thread each (a tiny model gains little from more threads)")
     args = ap.parse_args(argv)
-    if args.seeds < 1 or args.rl_steps < 1 or args.sft_steps < 1:
-        ap.error("--seeds, --rl-steps and --sft-steps must be positive")
+    if min(args.seeds, args.rl_steps, args.sft_steps, args.jobs) < 1:
+        ap.error("--seeds, --rl-steps, --sft-steps and --jobs must be positive")
     return args
+
+
+def run_warm(seed: int, flags: list[str], args: argparse.Namespace) -> str:
+    """The warm start of one seed (sft.py `flags`), trained unless it already exists; its folder."""
+    warm = sft.parse_args(flags + ["--out", os.path.join(args.out, f"warm-s{seed}"), "--seed", str(seed),
+                                   "--data", args.data, "--device", args.device])
+    if not os.path.isfile(os.path.join(warm.out, "eval.json")):
+        sft.train(warm)
+    return warm.out
 
 
 def run_method(method: str, seed: int, warm: str, args: argparse.Namespace) -> str:
@@ -56,6 +71,16 @@ def run_method(method: str, seed: int, warm: str, args: argparse.Namespace) -> s
         rl.train(rl.parse_args(common + ["--init", warm, "--reward", METHODS.get(method, method),
                                          "--steps", str(args.rl_steps), "--eval-every", "0"]))
     return out
+
+
+def run_all(fn, jobs: list[tuple], workers: int) -> list:
+    """fn(*job) for every job, in order: here, or in `workers` processes at once."""
+    if workers == 1:
+        return [fn(*job) for job in jobs]
+    # spawn, not fork: a forked child inherits torch's thread pools (and CUDA) half-initialised
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        return list(pool.map(fn, *zip(*jobs)))
 
 
 def summary(values: list[float]) -> str:
@@ -94,19 +119,16 @@ def plot(runs: dict[str, list[str]], path: str) -> None:
 def main() -> None:
     args = parse_args()
     t0 = time.time()
-    runs = {m: [] for m in ["warm"] + args.methods}
+    seeds = range(args.seeds)
     try:
         teacher.ensure_data(args.data)
-        for seed in range(args.seeds):
-            warm = sft.parse_args(rl.WARM_START + ["--out", os.path.join(args.out, f"warm-s{seed}"), "--seed", str(seed),
-                                                   "--data", args.data, "--device", args.device])
-            if not os.path.isfile(os.path.join(warm.out, "eval.json")):
-                sft.train(warm)
-            runs["warm"].append(warm.out)
-            for method in args.methods:
-                runs[method].append(run_method(method, seed, warm.out, args))
+        # Every method of a seed starts from that seed's warm start, so those come first.
+        warms = run_all(run_warm, [(seed, rl.WARM_START, args) for seed in seeds], args.jobs)
+        jobs = [(method, seed, warms[seed], args) for seed in seeds for method in args.methods]
+        folders = run_all(run_method, jobs, args.jobs)
     except (teacher.DataError, student.ModelError) as e:
         sys.exit(f"error: {e}")
+    runs = {"warm": warms, **{m: [f for (method, *_), f in zip(jobs, folders) if method == m] for m in args.methods}}
 
     results, rows = {}, []
     header = f"{'method':<13}{'ID acc':>16}{'OOD acc':>16}{'OOD tool F1':>16}{'OOD JSD':>16}"

@@ -204,7 +204,7 @@ def test_compare_runs_every_method_over_seeds_and_reuses_finished_runs(warm, mon
     import compare
 
     monkeypatch.setattr(rl, "WARM_START", ["--limit", "32", "--steps", "4", "--eval-every", "0"])
-    argv = ["compare.py", "--seeds", "2", "--rl-steps", "1", "--sft-steps", "2", "--out", "runs/cmp",
+    argv = ["compare.py", "--seeds", "2", "--rl-steps", "1", "--sft-steps", "2", "--out", "runs/cmp", "--jobs", "2",
             "--methods", "sft", "sparse", "mentor"]
     monkeypatch.setattr(sys, "argv", argv)
     compare.main()
