@@ -49,7 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--minibatch", type=int, default=64, help="rollouts per optimizer step")
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--warmup", type=int, default=10,
-                    help="steps of linear lr warm-up (Adam's first steps move every weight by ~lr)")
+                    help="steps of linear lr warm-up (Adam's first steps move every weight by ~lr), "
+                         "then cosine decay to 10%% of --lr")
     ap.add_argument("--kl-coef", type=float, default=0.001)
     ap.add_argument("--clip-low", type=float, default=0.2)
     ap.add_argument("--clip-high", type=float, default=0.2)
@@ -175,8 +176,8 @@ def train(args: argparse.Namespace) -> dict:
     bar = tqdm(range(start, args.steps), desc=f"rl {args.reward}", initial=start, total=args.steps)
     for step in bar:
         t0 = time.time()
-        for group in opt.param_groups:
-            group["lr"] = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
+        for group in opt.param_groups:  # warm-up, then a cosine decay so late steps drift less
+            group["lr"] = sft.lr_at(step, args)
         # 1. Roll out G conversations per problem with the current policy.
         problems = random.sample(train_set, args.prompts)
         policy.eval()
