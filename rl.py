@@ -231,7 +231,7 @@ def train(args: argparse.Namespace) -> dict:
                "truncated": 1 - sum(r.finished for r in rollouts) / len(rollouts),
                "response_tokens": sampled / len(rollouts),
                **{k: (sum(v) / len(v) if v else float("nan")) for k, v in stats.items()},
-               "rollout_time": t_roll - t0, "step_time": time.time() - t0, "tokens_per_s": sampled / (t_roll - t0)}
+               "lr": opt.param_groups[0]["lr"], "rollout_time": t_roll - t0, "step_time": time.time() - t0, "tokens_per_s": sampled / (t_roll - t0)}
         if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
             for name, m in sft.evaluate_splits(policy, tokenizer, splits, args.eval_limit).items():
                 row[f"{name}_accuracy"] = m["accuracy"]

@@ -124,6 +124,12 @@ def test_rl_runs_logs_saves_and_resumes_where_it_stopped(warm):
                 "kl", "entropy", "clip_frac", "grad_norm", "response_tokens", "truncated", "step_time", "tokens_per_s"):
         assert key in first[0]
     assert 0 <= first[0]["zero_var_groups"] <= 1 and first[0]["response_tokens"] > 0
+    args = rl.parse_args(RL_FLAGS + ["--steps", "2"])
+    assert [row["lr"] for row in first] == pytest.approx([args.lr / 10, args.lr * 2 / 10])  # warm-up
+    args = rl.parse_args(RL_FLAGS + ["--steps", "30"])
+    lrs = [sft.lr_at(step, args) for step in range(30)]
+    assert lrs[9] == pytest.approx(args.lr) and args.lr * 0.1 < lrs[-1] < args.lr * 0.11  # then decay
+    assert all(a > b for a, b in zip(lrs[10:], lrs[11:]))
     state = torch.load("runs/rl/checkpoint/trainer_state.pt", weights_only=False)
     assert state["step"] == 2 and state["init"] == "runs/warm" and state["optimizer"]["state"]
     weights = {k: v.clone() for k, v in model.load("runs/rl")[0].state_dict().items()}
