@@ -2,16 +2,18 @@
 and one GRPO step of rl.py at a fixed setting.
 
 Both sample single-turn completions of the same prompt, batch 64, with the same model (the
-tiny default unless --model) and the same limits, and are timed over a few repeats after a
+tiny default unless --model) and the same limits, timed in alternating calls after a
 warm-up. Throughput counts sampled tokens only: up to and including each row's EOS (what
 generate computes after a row's EOS is padding, not samples).
 
 The GRPO step is rl.py's at 8 prompts x 8 samples and up to 100 new tokens per rollout
 (one tool turn at most, so every trainer compares on the same work): rollout, reward,
-reference log-probs and the update (policy log-probs, loss, backward, AdamW), each timed.
+reference log-probs and the update (policy log-probs, loss, backward, AdamW), each timed;
+the fastest of the repeats is shown.
 """
 import argparse
 import time
+from statistics import median
 
 import torch
 
@@ -28,7 +30,7 @@ ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cp
 ap.add_argument("--batch", type=int, default=64, help="samples of the prompt per call")
 ap.add_argument("--max-tokens", type=int, default=128, help="new tokens per sample, at most")
 ap.add_argument("--warmup", type=int, default=1)
-ap.add_argument("--repeats", type=int, default=3)
+ap.add_argument("--repeats", type=int, default=7, help="timed calls of each (the rollout bench alternates them)")
 # Tiny models gain nothing from more threads, and on a shared machine OpenMP threads that
 # wait for a busy core make every step many times slower; 0 keeps torch's default.
 ap.add_argument("--skip-generate", action="store_true", help="only time the GRPO step")
@@ -36,25 +38,23 @@ ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: to
 QUESTION = "A box holds 113 pens. How many pens are in 18 boxes?"
 
 
-def timed(fn, args) -> tuple[float, int]:
-    """The fastest of args.repeats calls of fn() (after args.warmup calls) by tokens per
-    second: its wall time and the tokens it sampled (fn returns that count)."""
-    for _ in range(args.warmup):
-        fn()
-    runs = []
-    for _ in range(args.repeats):
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        tokens = fn()
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        runs.append((time.perf_counter() - start, tokens))
-    return max(runs, key=lambda run: run[1] / run[0])
+def timed(fn, device: str) -> tuple[float, int]:
+    """One call of fn(), which returns the tokens it sampled: (wall seconds, tokens)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    tokens = fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, tokens
 
 
 def bench_rollout(args) -> None:
-    """Sampled tokens per second: model.rollout against model.generate, side by side."""
+    """Sampled tokens per second: model.rollout against model.generate, side by side.
+
+    The two alternate, call by call, and the ratio is the median over those pairs: on a
+    shared machine the speed drifts by 20-30% within a minute, and timing all of one method
+    before the other would put that drift into the ratio."""
     policy, tokenizer = student.load(args.model, args.device)
     prompt = tasks.prompt(QUESTION)
     prompt_ids, _ = student.encode(tokenizer, prompt, tools.schemas())
@@ -77,13 +77,16 @@ def bench_rollout(args) -> None:
         return int(torch.where(is_eos.any(1), is_eos.argmax(1) + 1, out.shape[1]).sum())
 
     print(f"rollout vs generate: batch {args.batch}, up to {args.max_tokens} new tokens, "
-          f"prompt {len(prompt_ids)} tokens, {args.device}, {torch.get_num_threads()} thread(s)")
-    results = {}
-    for name, fn in [("model.rollout", ours), ("model.generate", generate)]:
-        seconds, tokens = timed(fn, args)
-        results[name] = tokens / seconds
-        print(f"  {name:15s} {tokens:6d} tokens in {seconds:6.2f} s = {tokens / seconds:8.0f} tokens/s")
-    print(f"  ratio {results['model.rollout'] / results['model.generate']:.2f}x")
+          f"prompt {len(prompt_ids)} tokens, {args.device}, {torch.get_num_threads()} thread(s), "
+          f"{args.repeats} alternating pairs")
+    for _ in range(args.warmup):
+        ours(), generate()
+    pairs = [(timed(ours, args.device), timed(generate, args.device)) for _ in range(args.repeats)]
+    rates = {name: sorted(run[i][1] / run[i][0] for run in pairs) for i, name in enumerate(["model.rollout", "model.generate"])}
+    for name, rate in rates.items():
+        print(f"  {name:15s} {median(rate):8.0f} tokens/s (median; range {rate[0]:.0f}-{rate[-1]:.0f})")
+    ratios = sorted((o[1] / o[0]) / (g[1] / g[0]) for o, g in pairs)
+    print(f"  ratio {median(ratios):.2f}x (median of pairs; range {ratios[0]:.2f}-{ratios[-1]:.2f}x)")
 
 
 def bench_step(args) -> None:
