@@ -160,7 +160,7 @@ def train(args: argparse.Namespace) -> dict:
     ref, _ = student.load(init, device=args.device)  # the frozen starting policy, also after a resume
     ref.requires_grad_(False).eval()
     if args.grad_ckpt:
-        policy.gradient_checkpointing_enable()
+        policy.activation_checkpointing_enable()  # transformers 5 name of gradient checkpointing
     opt = torch.optim.AdamW(policy.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     start = 0
     if state:

@@ -134,7 +134,7 @@ def test_rl_runs_logs_saves_and_resumes_where_it_stopped(warm):
     assert state["step"] == 2 and state["init"] == "runs/warm" and state["optimizer"]["state"]
     weights = {k: v.clone() for k, v in model.load("runs/rl")[0].state_dict().items()}
 
-    rl.train(rl.parse_args(RL_FLAGS + ["--steps", "3", "--resume"]))
+    rl.train(rl.parse_args(RL_FLAGS + ["--steps", "3", "--resume", "--grad-ckpt"]))  # checkpointing trains too
     assert [row["step"] for row in read_log("runs/rl/metrics.jsonl")] == [1, 2, 3]
     assert torch.load("runs/rl/checkpoint/trainer_state.pt", weights_only=False)["step"] == 3
     after = model.load("runs/rl")[0].state_dict()
