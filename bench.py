@@ -38,15 +38,19 @@ ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: to
 QUESTION = "A box holds 113 pens. How many pens are in 18 boxes?"
 
 
-def timed(fn, device: str) -> tuple[float, int]:
-    """One call of fn(), which returns the tokens it sampled: (wall seconds, tokens)."""
+def sync(device: str) -> None:
+    """Wait for the GPU's queued work, so a timer reads what it did (nothing on CPU)."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def rate(fn, device: str) -> float:
+    """Tokens per second of one call of fn(), which returns the tokens it sampled."""
+    sync(device)
     start = time.perf_counter()
     tokens = fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, tokens
+    sync(device)
+    return tokens / (time.perf_counter() - start)
 
 
 def bench_rollout(args) -> None:
@@ -81,11 +85,10 @@ def bench_rollout(args) -> None:
           f"{args.repeats} alternating pairs")
     for _ in range(args.warmup):
         ours(), generate()
-    pairs = [(timed(ours, args.device), timed(generate, args.device)) for _ in range(args.repeats)]
-    rates = {name: sorted(run[i][1] / run[i][0] for run in pairs) for i, name in enumerate(["model.rollout", "model.generate"])}
-    for name, rate in rates.items():
-        print(f"  {name:15s} {median(rate):8.0f} tokens/s (median; range {rate[0]:.0f}-{rate[-1]:.0f})")
-    ratios = sorted((o[1] / o[0]) / (g[1] / g[0]) for o, g in pairs)
+    pairs = [(rate(ours, args.device), rate(generate, args.device)) for _ in range(args.repeats)]
+    for name, rates in [("model.rollout", sorted(o for o, _ in pairs)), ("model.generate", sorted(g for _, g in pairs))]:
+        print(f"  {name:15s} {median(rates):8.0f} tokens/s (median; range {rates[0]:.0f}-{rates[-1]:.0f})")
+    ratios = sorted(o / g for o, g in pairs)
     print(f"  ratio {median(ratios):.2f}x (median of pairs; range {ratios[0]:.2f}-{ratios[-1]:.2f}x)")
 
 
@@ -96,7 +99,6 @@ def bench_step(args) -> None:
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-6)
     problems = teacher.load_jsonl(teacher.ensure_data()["train"])[:8]
     prompts = [tasks.prompt(p["question"]) for p in problems]
-    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
     def step(seed: int) -> dict[str, float]:
         times, t = {}, time.perf_counter()
@@ -104,7 +106,7 @@ def bench_step(args) -> None:
         with torch.no_grad():
             rollouts = student.rollout(policy, tokenizer, prompts, tools.schemas(), n=8, max_turns=2,
                                        max_tokens=100, seed=seed)
-        sync()
+        sync(args.device)
         times["rollout"], t = time.perf_counter() - t, time.perf_counter()
         rewards = torch.tensor([reward.score(r.text, p["answer"], teacher.reference(p), finished=r.finished)["reward"]
                                 for r, p in zip(rollouts, [p for p in problems for _ in range(8)])])
@@ -112,7 +114,7 @@ def bench_step(args) -> None:
         data = {k: v.to(args.device) for k, v in student.collate(rollouts, tokenizer.pad_token_id).items()}
         times["reward"], t = time.perf_counter() - t, time.perf_counter()
         ref_logp = rl.batched_logprobs(ref, data, 64)
-        sync()
+        sync(args.device)
         times["ref logprobs"], t = time.perf_counter() - t, time.perf_counter()
         policy.train()
         logp = student.logprobs(policy, data["ids"], data["attention_mask"])
@@ -121,7 +123,7 @@ def bench_step(args) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        sync()
+        sync(args.device)
         times["update"] = time.perf_counter() - t
         times["sampled tokens"] = sum(sum(r.mask) for r in rollouts)
         return times
