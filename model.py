@@ -359,8 +359,9 @@ def _lean_forward(model, cache: _TurnCache, ids: torch.Tensor, positions: torch.
     seen = cache.valid[:, :end]
     cos, sin = cache.cos[positions][:, None], cache.sin[positions][:, None]
     hidden = model.model.embed_tokens(ids)
-    if width == 1:  # a decode step: the new token sees every real token so far
-        mask = None  # made by the first layer, in the dtype its projections give
+    if width == 1:  # a decode step: the new token sees every real token so far. The queries
+        # come out of the rotation in the rotary table's dtype, so the bias takes that one.
+        mask = _decode_bias(seen, model.config.num_key_value_heads, cache.cos.dtype)
     else:  # query i sees real keys up to start + i; padding queries see all earlier keys, so no
         # row of the mask is empty (an empty row gives NaN, which the padding's keys would carry on)
         causal = torch.ones(width, end, dtype=torch.bool, device=ids.device).tril(start)
@@ -376,8 +377,6 @@ def _lean_forward(model, cache: _TurnCache, ids: torch.Tensor, positions: torch.
             cache.values.append(v.new_empty(batch, v.shape[1], cache.valid.shape[1], attn.head_dim))
         cache.keys[i][:, :, start:end] = k
         cache.values[i][:, :, start:end] = v
-        if mask is None:
-            mask = _decode_bias(seen, k.shape[1], q.dtype)
         out = _attend(q, cache.keys[i][:, :, :end], cache.values[i][:, :, :end], mask, attn.scaling)
         hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(batch, width, -1))
         hidden = hidden + layer.mlp(_norm(layer.post_attention_layernorm, hidden))
