@@ -167,6 +167,7 @@ def train(args: argparse.Namespace) -> dict:
         opt.load_state_dict(state["optimizer"])
         start = state["step"]
         random.setstate(state["python_rng"])
+        torch.set_rng_state(state["torch_rng"])  # the mini-batch shuffles, as in an uninterrupted run
     os.makedirs(args.out, exist_ok=True)
     evaluate.write_json(os.path.join(args.out, "args.json"), vars(args))
     log = open(os.path.join(args.out, "metrics.jsonl"), "a" if args.resume else "w")
@@ -241,7 +242,7 @@ def train(args: argparse.Namespace) -> dict:
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
             student.save(args.out, policy, tokenizer, state={
                 "step": step + 1, "optimizer": opt.state_dict(), "python_rng": random.getstate(),
-                "init": init, "before": before})
+                "torch_rng": torch.get_rng_state(), "init": init, "before": before})
 
     after = sft.evaluate_splits(policy, tokenizer, splits, None)
     evaluate.write_json(os.path.join(args.out, "eval.json"), after)

@@ -116,7 +116,7 @@ RL_FLAGS = ["--init", "runs/warm", "--prompts", "2", "--group", "4", "--max-toke
             "--eval-every", "0", "--save-every", "1", "--out", "runs/rl"]
 
 
-def test_rl_runs_logs_saves_and_resumes_where_it_stopped(warm):
+def test_rl_runs_logs_saves_and_resumes_as_if_never_stopped(warm):
     rl.train(rl.parse_args(RL_FLAGS + ["--steps", "2"]))
     first = read_log("runs/rl/metrics.jsonl")
     assert [row["step"] for row in first] == [1, 2]
@@ -139,6 +139,9 @@ def test_rl_runs_logs_saves_and_resumes_where_it_stopped(warm):
     assert torch.load("runs/rl/checkpoint/trainer_state.pt", weights_only=False)["step"] == 3
     after = model.load("runs/rl")[0].state_dict()
     assert any(not torch.equal(weights[k], after[k]) for k in weights)  # step 3 trained from step 2's weights
+    rl.train(rl.parse_args(RL_FLAGS + ["--steps", "3", "--out", "runs/rl-once"]))  # the same 3 steps in one go
+    once = model.load("runs/rl-once")[0].state_dict()
+    assert all(torch.allclose(once[k], after[k], atol=1e-6) for k in once)
     # the reference is still the warm start, not the resumed weights
     assert json.load(open("runs/rl/eval.json"))["ID"]["problems"] == 8
 
