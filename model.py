@@ -22,6 +22,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
+from jinja2 import TemplateError
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
 from transformers.cache_utils import Cache, DynamicLayer
 
@@ -107,19 +108,32 @@ def build_tiny(path: str, texts: list[str]) -> None:
 def save(path: str, model, tokenizer, state: dict | None = None) -> None:
     """Write an HF checkpoint (save_pretrained of model and tokenizer, plus the trainer
     `state` as trainer_state.pt if given) to `path`/checkpoint. The new checkpoint is written
-    aside and swapped in whole, so a crash never leaves a half-written one."""
+    aside and swapped in whole, so a crash never leaves a half-written one: between the two
+    renames the previous one is `path`/.checkpoint-old, which checkpoint_dir() falls back to."""
     os.makedirs(path, exist_ok=True)
+    final, old = os.path.join(path, "checkpoint"), os.path.join(path, ".checkpoint-old")
+    for name in os.listdir(path):  # folders of saves that crashed before their swap
+        if name.startswith(".checkpoint-") and name != ".checkpoint-old":
+            shutil.rmtree(os.path.join(path, name), ignore_errors=True)
     tmp = tempfile.mkdtemp(dir=path, prefix=".checkpoint-")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     if state is not None:
         torch.save(state, os.path.join(tmp, "trainer_state.pt"))
-    final, old = os.path.join(path, "checkpoint"), os.path.join(path, ".checkpoint-old")
-    shutil.rmtree(old, ignore_errors=True)
     if os.path.isdir(final):
+        shutil.rmtree(old, ignore_errors=True)
         os.rename(final, old)
     os.rename(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def checkpoint_dir(path: str) -> str | None:
+    """The checkpoint folder of the run folder `path` (None if it has none): `checkpoint`,
+    or the previous one when a crash came between the two renames of save()."""
+    for name in ("checkpoint", ".checkpoint-old"):
+        if os.path.isdir(os.path.join(path, name)):
+            return os.path.join(path, name)
+    return None
 
 
 def load(name_or_path: str | None = None, device: str | torch.device = "cpu",
@@ -132,21 +146,28 @@ def load(name_or_path: str | None = None, device: str | torch.device = "cpu",
     `_autocast`), so AdamW updates at RL learning rates (1e-6) are not lost to bf16 rounding.
     `compile=True` compiles the transformer stack for the training passes (logprobs; worth
     it on GPU); rollouts decode eagerly, since their shapes change at every step.
-    Raises ModelError with one line when the files are missing or unusable."""
+    Raises ModelError with one line when the files are missing or unusable, or the device is."""
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise ModelError(f"'{device}' is not a device torch knows (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device '{device}': this machine has no CUDA GPU that torch can use")
     if name_or_path is None:
-        if not os.path.isdir(os.path.join(TINY_PATH, "checkpoint")):
+        if not checkpoint_dir(TINY_PATH):
             build_tiny(TINY_PATH, tiny_corpus())
         name_or_path = TINY_PATH
-    if os.path.isdir(os.path.join(name_or_path, "checkpoint")):  # a run folder
-        name_or_path = os.path.join(name_or_path, "checkpoint")
+    name_or_path = checkpoint_dir(name_or_path) or name_or_path  # a run folder, or a model
     try:
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # missing, truncated or foreign files raise many kinds of error
         if not os.path.isdir(name_or_path):
             raise ModelError(f"'{name_or_path}' is neither a folder nor a model the hub can serve here") from None
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ModelError(f"'{name_or_path}' holds no usable model and tokenizer: {reason}") from None
+    if not _ids(tokenizer, "1 + 1"):  # e.g. a folder without tokenizer files gives an empty one
+        raise ModelError(f"the tokenizer of '{name_or_path}' is empty (missing tokenizer files?)")
     if not tokenizer.chat_template:
         raise ModelError(f"the tokenizer of '{name_or_path}' has no chat template; use a chat/instruct model")
     if tokenizer.pad_token is None:  # harmless: padding is read from attention masks, never from ids
@@ -167,8 +188,11 @@ def _autocast(model):
 # ------------------------------------------------------------------- chat layout (SFT)
 
 def _render(tokenizer, messages: list[dict], tools: list[dict] | None, generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
-                                         add_generation_prompt=generation_prompt)
+    try:
+        return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
+                                             add_generation_prompt=generation_prompt)
+    except TemplateError as e:  # e.g. a template that refuses a system message or tools
+        raise ModelError(f"the chat template cannot render this conversation: {e}") from None
 
 
 def _pieces(tokenizer, messages: list[dict], tools: list[dict] | None) -> list[tuple[str, int]]:
@@ -511,9 +535,12 @@ def _tool_turn(tokenizer, prompt: list[dict], results: list[tuple[str, str]], to
 
 
 def _assistant_message(text: str, calls: list[dict]) -> dict:
-    """A sampled turn as a chat message: the text outside the tool-call blocks as content,
-    the valid calls in the OpenAI/HF `tool_calls` shape."""
-    return {"role": "assistant", "content": CALL_RE.sub("", text).strip(),
+    """A sampled turn as a chat message: the valid calls (`calls`, parsed from `text` in order)
+    in the OpenAI/HF `tool_calls` shape, the rest of the text as content. An invalid call's
+    block stays in the content, so the message still shows what its error reply answers."""
+    blocks = iter(calls)
+    content = CALL_RE.sub(lambda m: "" if next(blocks)["error"] is None else m.group(0), text).strip()
+    return {"role": "assistant", "content": content,
             "tool_calls": [{"type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
                            for c in calls if c["error"] is None]}
 
@@ -532,6 +559,8 @@ def rollout(model, tokenizer, prompts: list[list[dict]], tools: list[dict] | Non
     Later turns re-prefill the continuing conversations (whole sequence, fresh cache):
     simpler than splicing tool-response tokens into ragged caches, and cheap next to decoding.
     Returns len(prompts) * n rollouts, the n samples of each prompt adjacent."""
+    if not greedy and (temperature <= 0 or not 0 < top_p <= 1):
+        raise ValueError("sampling needs temperature > 0 and 0 < top_p <= 1 (greedy=True for argmax)")
     generator = None if seed is None else torch.Generator(model.device).manual_seed(seed)
     eos_id = tokenizer.eos_token_id
     prompt_ids = [encode(tokenizer, p, tools)[0] for p in prompts]

@@ -132,6 +132,45 @@ def test_save_then_load_a_run_folder(qwen, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(policy.state_dict().values(), again.state_dict().values()))
 
 
+def test_a_crash_between_the_renames_of_save_loses_nothing(qwen, tmp_path):
+    policy, tok = qwen
+    model.save(str(tmp_path), policy, tok, state={"step": 3})
+    os.rename(tmp_path / "checkpoint", tmp_path / ".checkpoint-old")  # save() stopped between its renames
+    os.makedirs(tmp_path / ".checkpoint-x1y2")  # and an earlier save() died while writing
+    assert model.checkpoint_dir(str(tmp_path)) == str(tmp_path / ".checkpoint-old")
+    model.load(str(tmp_path))
+    model.save(str(tmp_path), policy, tok, state={"step": 4})
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint"]
+    assert torch.load(tmp_path / "checkpoint" / "trainer_state.pt")["step"] == 4
+
+
+@pytest.mark.parametrize("damage", ["no tokenizer files", "truncated weights", "template that raises", "bad device"])
+def test_a_damaged_model_folder_is_a_one_line_model_error(qwen, tmp_path, damage):
+    path = str(tmp_path)
+    model.save(path, *qwen)
+    files, device = tmp_path / "checkpoint", "cpu"
+    if damage == "no tokenizer files":
+        os.remove(files / "tokenizer.json")
+        os.remove(files / "tokenizer_config.json")
+    elif damage == "truncated weights":
+        weights = (files / "model.safetensors").read_bytes()
+        (files / "model.safetensors").write_bytes(weights[:1000])
+    elif damage == "template that raises":
+        template = files / "chat_template.jinja"
+        template.write_text("{{ raise_exception('System role not supported') }}" + template.read_text())
+    else:
+        device = "cuda:x"
+    with pytest.raises(model.ModelError) as e:
+        policy, tok = model.load(path, device)
+        model.encode(tok, CONV_ADD, ADD)
+    assert "\n" not in str(e.value)
+
+
+def test_sampling_needs_a_positive_temperature(qwen):
+    with pytest.raises(ValueError, match="temperature"):
+        model.rollout(*qwen, [CONV_ADD[:2]], ADD, temperature=0.0)
+
+
 # ------------------------------------------------------------------------------- encode
 
 def test_encode_masks_exactly_the_assistant_turns_qwen_template(qwen):
@@ -195,6 +234,9 @@ def test_malformed_tool_call_gets_an_error_message_back(trained):
     assert len(r.calls) == 1 and r.calls[0]["error"] and r.calls[0]["result"] == BAD_ERROR
     assert f"<tool_response>\n{BAD_ERROR}\n</tool_response>" in tok.decode(r.ids[r.prompt_len:])
     assert r.turns == 2 and r.finished and r.text.endswith("\\boxed{0}")
+    # the message record keeps the broken block beside its error reply
+    assert r.messages[0]["tool_calls"] == [] and "<tool_call>" in r.messages[0]["content"]
+    assert r.messages[1] == {"role": "tool", "name": "None", "content": BAD_ERROR}
 
 
 def test_out_of_turns_is_unfinished_and_appends_no_tool_response(trained):
