@@ -6,8 +6,8 @@ outputs come from tools.py, and ends with \\boxed{answer}. Every trajectory is r
 through the tools and must reach the gold answer before it is written.
 
 `python teacher.py --model NAME_OR_PATH` uses any HF causal LM as the teacher instead: it
-is rolled out with the same tools and only trajectories that reach the right answer are
-kept (rejection sampling).
+is rolled out with the same tools and only trajectories that replay to the right answer
+are kept (rejection sampling).
 
 One JSON record per line (DESIGN.md):
   {"id", "question", "answer", "split", "family", "teacher": {"messages": [...], "tools": [names]}}
@@ -19,6 +19,8 @@ import os
 import sys
 import tempfile
 from collections import Counter
+
+from tqdm import tqdm
 
 import tasks
 import tools
@@ -77,20 +79,30 @@ def record(problem: tasks.Problem, messages: list[dict]) -> dict:
 
 # ------------------------------------------------------------------------- the LLM teacher
 
-def llm_records(model_path: str, problems: list[tasks.Problem], samples: int, seed: int) -> list[dict]:
+def llm_records(model_path: str, problems: list[tasks.Problem], samples: int, seed: int,
+                device: str = "cpu", batch: int = 64) -> list[dict]:
     """Roll out an HF causal LM on `problems` with the tools, `samples` tries each; keep the
-    first trajectory per problem whose final answer is correct (rejection sampling)."""
+    first finished trajectory per problem that replays to the right answer (rejection
+    sampling). Rolls out `batch` problems at a time, so memory does not grow with the data."""
     import model as student  # imported here: the scripted teacher needs no torch model
 
-    policy, tokenizer = student.load(model_path)
-    prompts = [tasks.prompt(p.question) for p in problems]
-    rollouts = student.rollout(policy, tokenizer, prompts, tools.schemas(), n=samples, seed=seed, temperature=0.7)
+    policy, tokenizer = student.load(model_path, device)
     kept = []
-    for i, problem in enumerate(problems):
-        for r in rollouts[i * samples:(i + 1) * samples]:
-            if r.finished and tasks.is_correct(tasks.extract_answer(r.text), problem.answer):
-                kept.append(record(problem, prompts[i] + r.messages))
-                break
+    with tqdm(total=len(problems), desc="teacher", unit="problem") as bar:
+        for start in range(0, len(problems), batch):
+            chunk = problems[start:start + batch]
+            prompts = [tasks.prompt(p.question) for p in chunk]
+            rollouts = student.rollout(policy, tokenizer, prompts, tools.schemas(), n=samples,
+                                       seed=seed + start, temperature=0.7)
+            for i, problem in enumerate(chunk):
+                for r in rollouts[i * samples:(i + 1) * samples]:
+                    messages = prompts[i] + r.messages
+                    # Replay, not just the final answer: the answer must follow from the
+                    # valid calls alone (an invalid call's error reply is no step to imitate).
+                    if r.finished and tasks.is_correct(replay(messages), problem.answer):
+                        kept.append(record(problem, messages))
+                        break
+            bar.update(len(chunk))
     return kept
 
 
@@ -103,6 +115,10 @@ def write_atomic(path: str, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    # mkstemp makes the file owner-only (0600); give it the mode open() would have.
+    umask = os.umask(0)  # the only way to read the umask is to set it: put it straight back
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
 
 
@@ -145,11 +161,23 @@ def load_jsonl(path: str) -> list[dict]:
 SPLITS = ("train", "test_id", "test_ood")
 
 
+def check_folder(path: str) -> None:
+    """Raise DataError if `path` exists but is not a folder (a missing one is created later)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise DataError(f"{path}: not a folder")
+
+
 def ensure_data(data_dir: str = "data", n_train: int = 4000, seed: int = 0) -> dict[str, str]:
-    """Paths of the three splits, writing them with the scripted teacher if any is missing."""
+    """Paths of the three splits in `data_dir`. When none of them exists, they are written
+    with the scripted teacher; when only some do, DataError names the missing ones (the
+    user's own files are never overwritten)."""
+    check_folder(data_dir)
     paths = {s: os.path.join(data_dir, f"{s}.jsonl") for s in SPLITS}
-    if not all(os.path.isfile(p) for p in paths.values()):
+    missing = [p for p in paths.values() if not os.path.exists(p)]
+    if len(missing) == len(paths):
         write_scripted(data_dir, n_train, seed)
+    elif missing:
+        raise DataError(f"{', '.join(missing)}: missing; give all three splits, or none for the built-in benchmark")
     return paths
 
 
@@ -176,23 +204,37 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default=None, help="an HF causal LM (name or path) to use as the teacher")
     ap.add_argument("--samples", type=int, default=4, help="LLM teacher: tries per problem")
+    ap.add_argument("--batch", type=int, default=64, help="LLM teacher: problems per rollout call")
+    ap.add_argument("--device", default=None, help="LLM teacher: torch device (default: cuda if available, else cpu)")
     args = ap.parse_args()
-    if args.n_train < 1:
-        ap.error("--n-train must be at least 1")
+    for flag in ("n_train", "samples", "batch"):
+        if getattr(args, flag) < 1:
+            ap.error(f"--{flag.replace('_', '-')} must be at least 1")
 
-    if args.model is None:
-        for split, counts in write_scripted(args.out, args.n_train, args.seed).items():
-            print(f"{args.out}/{split}.jsonl: {sum(counts.values())} problems  " +
-                  "  ".join(f"{f}={n}" for f, n in sorted(counts.items())))
-        return
-    import model as student
+    errors: tuple[type[Exception], ...] = (DataError, OSError)  # OSError: e.g. a folder we may not write
+    if args.model is not None:
+        import torch
+
+        import model as student  # torch only for the LLM teacher
+        errors += (student.ModelError,)
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        for split, problems in tasks.benchmark(n_train=args.n_train, seed=args.seed).items():
-            kept = llm_records(args.model, problems, args.samples, args.seed)
-            write_jsonl(os.path.join(args.out, f"{split}.jsonl"), kept)
-            print(f"{args.out}/{split}.jsonl: kept {len(kept)}/{len(problems)} "
-                  f"(acceptance {len(kept) / len(problems):.1%})")
-    except student.ModelError as e:
+        check_folder(args.out)
+        if args.model is None:
+            for split, counts in write_scripted(args.out, args.n_train, args.seed).items():
+                print(f"{args.out}/{split}.jsonl: {sum(counts.values())} problems  " +
+                      "  ".join(f"{f}={n}" for f, n in sorted(counts.items())))
+            return
+        # All splits in one pass, so the model is loaded once.
+        splits = tasks.benchmark(n_train=args.n_train, seed=args.seed)
+        kept = llm_records(args.model, [p for problems in splits.values() for p in problems], args.samples,
+                           args.seed, device, args.batch)
+        for split, problems in splits.items():
+            records = [r for r in kept if r["split"] == split]
+            write_jsonl(os.path.join(args.out, f"{split}.jsonl"), records)
+            print(f"{args.out}/{split}.jsonl: kept {len(records)}/{len(problems)} "
+                  f"(acceptance {len(records) / len(problems):.1%})")
+    except errors as e:
         sys.exit(f"error: {e}")
 
 

@@ -228,7 +228,11 @@ def check(name: Any, arguments: Any) -> str | None:
     return None
 
 
-CALL_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
+# A block ends at </tool_call>, or, left unclosed, just before the next <tool_call> or at the
+# end of the text. Stopping at the next <tool_call> matters for rollout text (turns joined by
+# "\n"): a turn cut off inside a call must not swallow the next turn's call, so the joined
+# text parses to the same calls as the turns one by one.
+CALL_RE = re.compile(r"<tool_call>((?:(?!<tool_call>).)*?)(?:</tool_call>|(?=<tool_call>)|$)", re.DOTALL)
 
 
 def parse_tool_calls(text: str) -> list[dict]:
@@ -236,7 +240,8 @@ def parse_tool_calls(text: str) -> list[dict]:
 
     Returns a list of {"name", "arguments", "error"}; `error` is None for a valid call and a
     short reason otherwise (bad JSON, no name, unknown tool, arguments not fitting the
-    schema, a block never closed). Never raises.
+    schema, a block never closed: one that runs into the next `<tool_call>` or the end of
+    the text). Never raises.
     """
     calls = []
     for match in CALL_RE.finditer(text):

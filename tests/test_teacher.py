@@ -2,8 +2,10 @@
 import copy
 import json
 import os
+import stat
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -164,6 +166,117 @@ def test_ensure_data_writes_only_when_missing(tmp_path):
     before = {s: os.stat(p).st_mtime_ns for s, p in paths.items()}
     teacher.ensure_data(str(tmp_path), n_train=10, seed=0)
     assert {s: os.stat(p).st_mtime_ns for s, p in paths.items()} == before
+
+
+def test_ensure_data_never_overwrites_a_partial_folder(tmp_path):
+    own = json.dumps({"question": "What is 2 + 3?", "answer": "5", "teacher_tools": ["add"]}) + "\n"
+    (tmp_path / "train.jsonl").write_text(own)
+    with pytest.raises(teacher.DataError) as e:
+        teacher.ensure_data(str(tmp_path), n_train=10, seed=0)
+    message = str(e.value)
+    assert "\n" not in message and str(tmp_path / "test_id.jsonl") in message
+    assert str(tmp_path / "test_ood.jsonl") in message and "train.jsonl" not in message
+    assert (tmp_path / "train.jsonl").read_text() == own
+    assert sorted(os.listdir(tmp_path)) == ["train.jsonl"]
+
+
+def test_ensure_data_on_a_file_is_a_data_error(tmp_path):
+    path = tmp_path / "README.md"
+    path.write_text("not data\n")
+    with pytest.raises(teacher.DataError, match="not a folder") as e:
+        teacher.ensure_data(str(path), n_train=10, seed=0)
+    assert str(path) in str(e.value)
+    assert path.read_text() == "not data\n"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_write_atomic_gives_the_mode_of_a_normal_file(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        teacher.write_atomic(str(tmp_path / "atomic.json"), "{}")
+        (tmp_path / "plain.json").write_text("{}")
+        assert os.umask(umask) == umask  # write_atomic left the umask as it was
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE(os.stat(tmp_path / "atomic.json").st_mode)
+    assert mode == stat.S_IMODE(os.stat(tmp_path / "plain.json").st_mode) == 0o666 & ~umask
+
+
+def test_llm_teacher_rolls_out_in_batches_and_keeps_only_what_replays(monkeypatch):
+    import model
+
+    problems = [tasks.Problem(f"train-{i}", f"What is 2 + 3, case {i}?", "5", "train", "add_more", [])
+                for i in range(5)]
+    call = {"type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 3}}}
+    # The rollout drops the invalid add{"a": 2} from tool_calls but keeps its reply: the
+    # final answer is right, yet the replies no longer pair with the calls.
+    unpaired = [{"role": "assistant", "content": "", "tool_calls": [call]},
+                {"role": "tool", "name": "add", "content": "error: missing argument 'b' for add"},
+                {"role": "tool", "name": "add", "content": "5"},
+                {"role": "assistant", "content": "\\boxed{5}"}]
+    faithful = [{"role": "assistant", "content": "", "tool_calls": [call]},
+                {"role": "tool", "name": "add", "content": "5"},
+                {"role": "assistant", "content": "\\boxed{5}"}]
+    loads, sizes = [], []
+
+    def fake_load(name, device):
+        loads.append((name, device))
+        return "policy", "tokenizer"
+
+    def fake_rollout(policy, tokenizer, prompts, tools, n, seed, temperature):
+        sizes.append(len(prompts))
+        return [SimpleNamespace(finished=True, messages=m) for _ in prompts for m in [unpaired, faithful][:n]]
+
+    monkeypatch.setattr(model, "load", fake_load)
+    monkeypatch.setattr(model, "rollout", fake_rollout)
+    kept = teacher.llm_records("some/model", problems, samples=2, seed=0, device="cuda:1", batch=2)
+    assert loads == [("some/model", "cuda:1")]
+    assert sizes == [2, 2, 1]
+    assert [r["id"] for r in kept] == [p.id for p in problems]
+    assert all(r["teacher"]["messages"] == tasks.prompt(p.question) + faithful for r, p in zip(kept, problems))
+    # with one try each, only the unpaired trajectory is offered: nothing is kept
+    assert teacher.llm_records("some/model", problems, samples=1, seed=0, batch=64) == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--samples", "0"], "--samples must be at least 1"),
+    (["--batch", "0"], "--batch must be at least 1"),
+])
+def test_command_line_refuses_counts_below_one(monkeypatch, capsys, argv, message):
+    monkeypatch.setattr(sys, "argv", ["teacher.py", "--model", "some/model", *argv])
+    with pytest.raises(SystemExit) as e:
+        teacher.main()
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_command_line_llm_teacher_device_and_model_error(monkeypatch, tmp_path):
+    import model
+    import torch
+
+    loads = []
+
+    def failing_load(name, device):
+        loads.append((name, device))
+        raise model.ModelError(f"'{name}' is neither a folder nor a model the hub can serve here")
+
+    monkeypatch.setattr(model, "load", failing_load)
+    for flags, device in (([], "cuda" if torch.cuda.is_available() else "cpu"), (["--device", "cpu"], "cpu")):
+        monkeypatch.setattr(sys, "argv", ["teacher.py", "--model", "no/such/model", "--out", str(tmp_path / "out"),
+                                          "--n-train", "1", *flags])
+        with pytest.raises(SystemExit) as e:
+            teacher.main()
+        assert e.value.code == "error: 'no/such/model' is neither a folder nor a model the hub can serve here"
+        assert loads.pop() == ("no/such/model", device)
+    assert not (tmp_path / "out").exists()
+
+
+def test_command_line_out_that_is_a_file_is_a_one_line_error(monkeypatch, tmp_path):
+    path = tmp_path / "README.md"
+    path.write_text("text\n")
+    monkeypatch.setattr(sys, "argv", ["teacher.py", "--out", str(path), "--n-train", "1"])
+    with pytest.raises(SystemExit) as e:
+        teacher.main()
+    assert e.value.code == f"error: {path}: not a folder"
 
 
 def test_command_line_writes_the_data(cli):

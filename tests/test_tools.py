@@ -202,6 +202,19 @@ def test_unclosed_tag_at_the_end():
     assert tools.parse_tool_calls("<tool_call>")[0]["error"] == "unclosed <tool_call>"
 
 
+def test_an_unclosed_call_does_not_swallow_the_next_turns_call():
+    # Rollout text is the turns joined by "\n"; the first turn hit EOS inside its call.
+    turns = ['<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}',
+             '<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call>']
+    joined = tools.parse_tool_calls("\n".join(turns))
+    assert joined == [{"name": None, "arguments": {}, "error": "unclosed <tool_call>"},
+                      {"name": "add", "arguments": {"a": 2, "b": 3}, "error": None}]
+    assert joined == [c for turn in turns for c in tools.parse_tool_calls(turn)]  # as the rollout saw them
+    # the same inside one turn, and a run of unclosed tags is one unclosed call each
+    assert [c["error"] for c in tools.parse_tool_calls("<tool_call>{<tool_call><tool_call>")] == \
+           ["unclosed <tool_call>"] * 3
+
+
 def test_huge_body_is_refused_quickly():
     body = json.dumps({"name": "sum_numbers", "arguments": {"numbers": [1] * 100_000}})
     start = time.perf_counter()
