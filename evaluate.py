@@ -5,10 +5,12 @@
 Per split: accuracy, finished rate, format-valid rate, tool calls per problem, invalid-call
 rate, tool-name F1 against the teacher, and the Jensen-Shannon divergence between the
 student's and the teacher's tool-usage distributions (the paper's similarity measure).
-Results go to runs/NAME/eval.json (with a few full trajectories, student beside teacher);
-a table compares the runs.
+Results go to runs/NAME/eval.json (with a few full trajectories, student beside teacher),
+which rl.py reuses as its starting point's figures; an evaluation on other data, fewer
+problems or other limits goes to its own eval-*.json. A table compares the runs.
 """
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -35,11 +37,21 @@ def jsd(p: Counter, q: Counter) -> float:
     return (kl(P) + kl(Q)) / 2
 
 
+def fingerprint(records: list[dict]) -> str:
+    """A short hash of the problems (ids, questions, answers): tells whether saved results
+    are about these very problems."""
+    text = json.dumps([(r["id"], r["question"], r["answer"]) for r in records])
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
 def evaluate(policy, tokenizer, records: list[dict], k: int = 1, max_turns: int = 5,
              max_tokens: int = 256, batch_size: int = 64, keep: int = 3, seed: int = 0) -> dict:
     """Greedy rollouts on `records` (and `k` samples each for pass@k when k > 1).
 
-    Returns the split's metrics as a dict of floats, plus "examples": `keep` trajectories."""
+    A problem counts as solved when the conversation finished (EOS, no pending call) with the
+    right \\boxed{} answer, as the reward counts it. Returns the split's metrics as a dict of
+    floats, plus "data" (the problems' fingerprint) and "examples": `keep` whole
+    conversations, the student's beside the teacher's."""
     rollouts = []
     for i in range(0, len(records), batch_size):
         prompts = [tasks.prompt(r["question"]) for r in records[i:i + batch_size]]
@@ -53,9 +65,11 @@ def evaluate(policy, tokenizer, records: list[dict], k: int = 1, max_turns: int 
         used.update(student_names)
         taught.update(r["teacher"]["tools"])
     n, n_calls = len(records), sum(s["calls"] for s in scores)
+    solved = [s["correct"] and s["finished"] for s in scores]
     metrics = {
         "problems": n,
-        "accuracy": sum(s["correct"] for s in scores) / n,
+        "data": fingerprint(records),
+        "accuracy": sum(solved) / n,
         "finished": sum(s["finished"] for s in scores) / n,
         "format_valid": sum(s["finished"] and s["has_answer"] and s["invalid_calls"] == 0 for s in scores) / n,
         "calls_per_problem": n_calls / n,
@@ -64,21 +78,21 @@ def evaluate(policy, tokenizer, records: list[dict], k: int = 1, max_turns: int 
         "tool_jsd": jsd(used, taught),
     }
     families = sorted({r["family"] for r in records})
-    metrics["by_family"] = {f: sum(s["correct"] for s, r in zip(scores, records) if r["family"] == f) /
+    metrics["by_family"] = {f: sum(ok for ok, r in zip(solved, records) if r["family"] == f) /
                                sum(r["family"] == f for r in records) for f in families}
     if k > 1:
-        solved = [False] * n
+        any_solved = [False] * n
         for i in range(0, n, batch_size):
             part = records[i:i + batch_size]
             sampled = student.rollout(policy, tokenizer, [tasks.prompt(r["question"]) for r in part], tools.schemas(),
                                       n=k, max_turns=max_turns, max_tokens=max_tokens, seed=seed + i)
             for j, ro in enumerate(sampled):
                 r = part[j // k]
-                solved[i + j // k] |= ro.finished and tasks.is_correct(tasks.extract_answer(ro.text), r["answer"])
-        metrics[f"pass@{k}"] = sum(solved) / n
-    metrics["examples"] = [{"question": r["question"], "answer": r["answer"], "correct": s["correct"],
-                            "student": ro.text, "teacher": teacher.reference(r)}
-                           for ro, r, s in list(zip(rollouts, records, scores))[:keep]]
+                any_solved[i + j // k] |= ro.finished and tasks.is_correct(tasks.extract_answer(ro.text), r["answer"])
+        metrics[f"pass@{k}"] = sum(any_solved) / n
+    metrics["examples"] = [{"question": r["question"], "answer": r["answer"], "solved": ok,
+                            "student": ro.messages, "teacher": r["teacher"]["messages"] or r["teacher"]["tools"]}
+                           for ro, r, ok in list(zip(rollouts, records, solved))[:keep]]
     return metrics
 
 
@@ -108,32 +122,40 @@ def write_json(path: str, obj) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description="Evaluate checkpoints on the ID and OOD test sets.")
     ap.add_argument("runs", nargs="+", help="run folders (runs/NAME) or HF checkpoints")
-    ap.add_argument("--data", nargs="*", default=None, help="JSONL files to evaluate on (default: data/test_id, data/test_ood)")
+    ap.add_argument("--data", nargs="+", default=None, help="JSONL files to evaluate on (default: data/test_id, data/test_ood)")
     ap.add_argument("--k", type=int, default=1, help="also report pass@k from k samples per problem")
     ap.add_argument("--limit", type=int, default=None, help="evaluate on the first N problems of each split")
     ap.add_argument("--max-turns", type=int, default=5)
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
-    if args.k < 1:
-        ap.error("--k must be at least 1")
+    if min(args.k, args.max_turns, args.max_tokens, args.limit or 1) < 1:
+        ap.error("--k, --limit, --max-turns and --max-tokens must be positive")
+    names = [os.path.splitext(os.path.basename(p))[0] for p in args.data or []]
+    if len(set(names)) < len(names):
+        ap.error("--data: the files need distinct names (a split is named after its file)")
+    # The standard evaluation (both test sets, whole, default limits) is eval.json, which
+    # rl.py reuses; any other gets a name of its own, so it never replaces that one.
+    tags = names + ([f"first{args.limit}"] if args.limit else [])
+    if (args.max_turns, args.max_tokens) != (ap.get_default("max_turns"), ap.get_default("max_tokens")):
+        tags.append(f"turns{args.max_turns}-tokens{args.max_tokens}")
+    result_file = "-".join(["eval"] + tags) + ".json"
 
     try:
         if args.data is None:
             paths = teacher.ensure_data()
             files = {"ID": paths["test_id"], "OOD": paths["test_ood"]}
         else:
-            files = {os.path.splitext(os.path.basename(p))[0]: p for p in args.data}
+            files = dict(zip(names, args.data))
         splits = {name: teacher.load_jsonl(path)[:args.limit] for name, path in files.items()}
         results = {}
         for run in args.runs:
             policy, tokenizer = student.load(run, device=args.device)
             results[run] = {name: evaluate(policy, tokenizer, recs, k=args.k, max_turns=args.max_turns,
                                            max_tokens=args.max_tokens) for name, recs in splits.items()}
-            out = os.path.join(run, "eval.json") if os.path.isdir(run) else None
-            if out:
-                write_json(out, results[run])
-    except (teacher.DataError, student.ModelError) as e:
+            if os.path.isdir(run):
+                write_json(os.path.join(run, result_file), results[run])
+    except (teacher.DataError, student.ModelError, OSError) as e:
         sys.exit(f"error: {e}")
     print(table(results))
 

@@ -71,8 +71,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.group < 2:
         ap.error("--group must be at least 2 (GRPO compares samples within a group)")
-    if min(args.steps, args.prompts, args.minibatch, args.ppo_epochs, args.max_turns, args.max_tokens) < 1 or args.lr <= 0:
-        ap.error("--steps, --prompts, --minibatch, --ppo-epochs, --max-turns, --max-tokens and --lr must be positive")
+    if min(args.steps, args.prompts, args.minibatch, args.ppo_epochs, args.max_turns, args.max_tokens, args.save_every,
+           args.eval_limit) < 1 or args.lr <= 0 or args.temperature <= 0:
+        ap.error("--steps, --prompts, --minibatch, --ppo-epochs, --max-turns, --max-tokens, --save-every, "
+                 "--eval-limit, --lr and --temperature must be positive")
+    if min(args.warmup, args.eval_every, args.kl_coef, args.clip_low, args.clip_high) < 0:
+        ap.error("--warmup, --eval-every, --kl-coef, --clip-low and --clip-high cannot be negative")
     args.out = args.out or f"runs/rl-{args.reward}"
     return args
 
@@ -124,7 +128,7 @@ def warm_start(args: argparse.Namespace) -> str:
     if args.init or args.model:
         return args.init or args.model
     warm = sft.parse_args(WARM_START + ["--out", "runs/warm", "--data", args.data, "--device", args.device])
-    if not os.path.isdir(os.path.join(warm.out, "checkpoint")):
+    if not student.checkpoint_dir(warm.out):
         print(f"rl: no warm start yet; training one ({' '.join(WARM_START)})")
         sft.train(warm)
     return warm.out
@@ -132,12 +136,12 @@ def warm_start(args: argparse.Namespace) -> str:
 
 def starting_eval(init: str, policy, tokenizer, splits: dict) -> dict:
     """The starting policy's test results: its run folder's eval.json when it has one on
-    these splits (a warm start shared by several runs is evaluated once), else evaluated now."""
+    these very problems (a warm start shared by several runs is evaluated once), else evaluated now."""
     path = os.path.join(init, "eval.json")
     if os.path.isfile(path):
         with open(path) as f:
             saved = json.load(f)
-        if all(saved.get(name, {}).get("problems") == len(recs) for name, recs in splits.items()):
+        if all(saved.get(name, {}).get("data") == evaluate.fingerprint(recs) for name, recs in splits.items()):
             return saved
     return sft.evaluate_splits(policy, tokenizer, splits, None)
 
@@ -149,13 +153,18 @@ def train(args: argparse.Namespace) -> dict:
     paths = teacher.ensure_data(args.data)
     train_set = teacher.load_jsonl(paths["train"])
     splits = {"ID": teacher.load_jsonl(paths["test_id"]), "OOD": teacher.load_jsonl(paths["test_ood"])}
-    init = warm_start(args)
+    if len(train_set) < args.prompts:
+        raise teacher.DataError(f"{paths['train']}: {len(train_set)} problems, fewer than --prompts {args.prompts}")
     state = None
     if args.resume:
-        if not os.path.isfile(os.path.join(args.out, "checkpoint", "trainer_state.pt")):
+        ckpt = student.checkpoint_dir(args.out)
+        if not ckpt or not os.path.isfile(os.path.join(ckpt, "trainer_state.pt")):
             raise student.ModelError(f"{args.out}: no checkpoint to resume from")
-        state = torch.load(os.path.join(args.out, "checkpoint", "trainer_state.pt"), weights_only=False)
-        init = state["init"]
+        state = torch.load(os.path.join(ckpt, "trainer_state.pt"), weights_only=False)
+        if state["reward"] != args.reward or (args.init or args.model or state["init"]) != state["init"]:
+            raise student.ModelError(f"{args.out} was trained with --reward {state['reward']} from {state['init']}; "
+                                     "resume it with the same")
+    init = state["init"] if state else warm_start(args)
     policy, tokenizer = student.load(args.out if args.resume else init, device=args.device, compile=args.compile)
     ref, _ = student.load(init, device=args.device)  # the frozen starting policy, also after a resume
     ref.requires_grad_(False).eval()
@@ -170,7 +179,12 @@ def train(args: argparse.Namespace) -> dict:
         torch.set_rng_state(state["torch_rng"])  # the mini-batch shuffles, as in an uninterrupted run
     os.makedirs(args.out, exist_ok=True)
     evaluate.write_json(os.path.join(args.out, "args.json"), vars(args))
-    log = open(os.path.join(args.out, "metrics.jsonl"), "a" if args.resume else "w")
+    metrics = os.path.join(args.out, "metrics.jsonl")
+    if state and os.path.isfile(metrics):  # steps logged after the checkpoint will run again: drop their rows
+        with open(metrics) as f:
+            rows = [line for line in f if line.endswith("\n") and json.loads(line)["step"] <= start]
+        teacher.write_atomic(metrics, "".join(rows))
+    log = open(metrics, "a" if state else "w")
     before = state["before"] if state else starting_eval(init, policy, tokenizer, splits)
     G, pad = args.group, tokenizer.pad_token_id
 
@@ -242,7 +256,7 @@ def train(args: argparse.Namespace) -> dict:
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
             student.save(args.out, policy, tokenizer, state={
                 "step": step + 1, "optimizer": opt.state_dict(), "python_rng": random.getstate(),
-                "torch_rng": torch.get_rng_state(), "init": init, "before": before})
+                "torch_rng": torch.get_rng_state(), "init": init, "reward": args.reward, "before": before})
 
     after = sft.evaluate_splits(policy, tokenizer, splits, None)
     evaluate.write_json(os.path.join(args.out, "eval.json"), after)
@@ -257,5 +271,5 @@ if __name__ == "__main__":
     args = parse_args()
     try:
         train(args)
-    except (teacher.DataError, student.ModelError) as e:
+    except (teacher.DataError, student.ModelError, OSError) as e:  # OSError: e.g. --out names a file
         sys.exit(f"error: {e}")

@@ -1,7 +1,7 @@
 """Supervised fine-tuning on the teacher's trajectories.
 
     python sft.py                      # the paper's SFT baseline: all teacher data
-    python sft.py --limit 200 --out runs/warm   # a warm start that only teaches the format
+    python sft.py --limit 400 --steps 350 --out runs/warm   # rl.py's warm start: the format, room to improve
 
 The loss is the next-token cross-entropy on the assistant's tokens only: not on the prompt,
 not on tool responses (the student should learn to call tools, not to predict their output).
@@ -49,8 +49,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in PROFILES["tiny" if args.model is None else "real"].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.steps < 1 or args.batch_size < 1 or args.lr <= 0 or (args.limit is not None and args.limit < 1):
-        ap.error("--steps, --batch-size, --lr and --limit must be positive")
+    if min(args.steps, args.batch_size, args.eval_limit, args.limit or 1) < 1 or args.lr <= 0:
+        ap.error("--steps, --batch-size, --eval-limit, --limit and --lr must be positive")
+    if min(args.warmup, args.eval_every) < 0:
+        ap.error("--warmup and --eval-every cannot be negative")
     return args
 
 
@@ -136,5 +138,5 @@ if __name__ == "__main__":
     args = parse_args()
     try:
         train(args)
-    except (teacher.DataError, student.ModelError) as e:
+    except (teacher.DataError, student.ModelError, OSError) as e:  # OSError: e.g. --out names a file
         sys.exit(f"error: {e}")

@@ -142,6 +142,12 @@ def test_rl_runs_logs_saves_and_resumes_as_if_never_stopped(warm):
     rl.train(rl.parse_args(RL_FLAGS + ["--steps", "3", "--out", "runs/rl-once"]))  # the same 3 steps in one go
     once = model.load("runs/rl-once")[0].state_dict()
     assert all(torch.allclose(once[k], after[k], atol=1e-6) for k in once)
+    with pytest.raises(model.ModelError, match="--reward mentor"):  # a resume trains what it started with
+        rl.train(rl.parse_args(RL_FLAGS + ["--steps", "4", "--resume", "--reward", "sparse"]))
+    with open("runs/rl/metrics.jsonl", "a") as f:  # a crash after logging step 4, before saving it
+        f.write(json.dumps({"step": 4}) + "\n" + '{"step": 5, "rew')
+    rl.train(rl.parse_args(RL_FLAGS + ["--steps", "3", "--resume"]))
+    assert [row["step"] for row in read_log("runs/rl/metrics.jsonl")] == [1, 2, 3]
     # the reference is still the warm start, not the resumed weights
     assert json.load(open("runs/rl/eval.json"))["ID"]["problems"] == 8
 
@@ -174,8 +180,21 @@ def test_evaluate_reports_every_metric_with_examples(warm):
                 "tool_jsd", "pass@2"):
         assert 0 <= m[key] <= (5 if key == "calls_per_problem" else 1)
     assert m["pass@2"] >= 0 and m["problems"] == 8 and len(m["examples"]) == 3
-    assert m["examples"][0]["teacher"] == teacher.reference(records[0])
+    example = m["examples"][0]  # whole conversations: the student's turns and tool replies, the teacher's
+    assert example["teacher"] == records[0]["teacher"]["messages"]
+    assert example["student"][0]["role"] == "assistant" and isinstance(example["solved"], bool)
+    assert m["data"] == evaluate.fingerprint(records) != evaluate.fingerprint(records[1:])
     assert "ID" in evaluate.table({"run": {"ID": m}})
+
+
+@pytest.mark.parametrize("script, argv", [
+    (rl, ["--save-every", "0"]), (rl, ["--temperature", "0"]), (rl, ["--eval-limit", "0"]), (rl, ["--warmup", "-1"]),
+    (sft, ["--eval-limit", "0"]), (sft, ["--eval-every", "-1"]),
+])
+def test_bad_flags_are_refused_in_one_line(script, argv, capsys):
+    with pytest.raises(SystemExit) as exit:
+        script.parse_args(argv)
+    assert exit.value.code == 2 and argv[0] in capsys.readouterr().err
 
 
 def run_cli(*argv: str, cwd) -> subprocess.CompletedProcess:
@@ -190,6 +209,8 @@ def run_cli(*argv: str, cwd) -> subprocess.CompletedProcess:
     (["sft.py", "--model", "no/such/model"], "no/such/model"),
     (["evaluate.py", "runs/none"], "runs/none"),
     (["evaluate.py", "runs/warm", "--data", "missing.jsonl"], "missing.jsonl: no such file"),
+    (["sft.py", "--device", "cuda:x", "--steps", "1"], "cuda:x"),
+    (["sft.py", "--steps", "1", "--out", "data/train.jsonl"], "data/train.jsonl"),
 ])
 def test_bad_input_gives_one_line_and_nonzero_exit(warm, argv, message):
     result = run_cli(os.path.join(ROOT, argv[0]), *argv[1:], cwd=os.getcwd())
@@ -227,3 +248,14 @@ def test_compare_runs_every_method_over_seeds_and_reuses_finished_runs(warm, mon
     stamp = os.path.getmtime("runs/cmp/mentor-s1/eval.json")
     compare.main()
     assert os.path.getmtime("runs/cmp/mentor-s1/eval.json") == stamp
+
+
+def test_the_starting_evaluation_is_reused_only_for_the_same_problems(tmp_path, monkeypatch):
+    problems = [{"id": str(i), "question": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(4)]
+    splits = {"ID": problems[:2], "OOD": problems[2:]}
+    saved = {name: {"data": evaluate.fingerprint(recs), "accuracy": 0.5} for name, recs in splits.items()}
+    evaluate.write_json(str(tmp_path / "eval.json"), saved)
+    monkeypatch.setattr(sft, "evaluate_splits", lambda *args: "evaluated now")
+    assert rl.starting_eval(str(tmp_path), None, None, splits) == saved
+    swapped = {"ID": splits["OOD"], "OOD": splits["ID"]}  # same sizes, other problems
+    assert rl.starting_eval(str(tmp_path), None, None, swapped) == "evaluated now"
