@@ -12,6 +12,7 @@ reference log-probs and the update (policy log-probs, loss, backward, AdamW), ea
 the fastest of the repeats is shown.
 """
 import argparse
+import sys
 import time
 from statistics import median
 
@@ -24,18 +25,28 @@ import tasks
 import teacher
 import tools
 
-ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-ap.add_argument("--model", default=None, help="HF model name or folder (default: the tiny default)")
-ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-ap.add_argument("--batch", type=int, default=64, help="samples of the prompt per call")
-ap.add_argument("--max-tokens", type=int, default=128, help="new tokens per sample, at most")
-ap.add_argument("--warmup", type=int, default=1)
-ap.add_argument("--repeats", type=int, default=7, help="timed calls of each (the rollout bench alternates them)")
-# Tiny models gain nothing from more threads, and on a shared machine OpenMP threads that
-# wait for a busy core make every step many times slower; 0 keeps torch's default.
-ap.add_argument("--skip-generate", action="store_true", help="only time the GRPO step")
-ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
 QUESTION = "A box holds 113 pens. How many pens are in 18 boxes?"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (sys.argv when `argv` is None); bad values exit through ap.error."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=None, help="HF model name or folder (default: the tiny default)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch", type=int, default=64, help="samples of the prompt per call")
+    ap.add_argument("--max-tokens", type=int, default=128, help="new tokens per sample, at most")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=7, help="timed calls of each (the rollout bench alternates them)")
+    ap.add_argument("--skip-generate", action="store_true", help="only time the GRPO step")
+    # Tiny models gain nothing from more threads, and on a shared machine OpenMP threads that
+    # wait for a busy core make every step many times slower; 0 keeps torch's default.
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    args = ap.parse_args(argv)
+    if min(args.batch, args.max_tokens, args.repeats) < 1:
+        ap.error("--batch, --max-tokens and --repeats must be positive")
+    if min(args.warmup, args.threads) < 0:
+        ap.error("--warmup and --threads cannot be negative")
+    return args
 
 
 def sync(device: str) -> None:
@@ -141,13 +152,16 @@ def bench_step(args) -> None:
 
 
 def main() -> None:
-    args = ap.parse_args()
+    args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    if not args.skip_generate:
-        bench_rollout(args)
-    bench_step(args)
+    try:
+        if not args.skip_generate:
+            bench_rollout(args)
+        bench_step(args)
+    except (teacher.DataError, student.ModelError) as e:
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ teacher data versus GRPO with the sparse, strict and MENTOR rewards.
 Prints one table of ID and OOD accuracy and teacher similarity (tool-name F1, JSD of the
 tool-usage distributions), mean and spread over seeds, and writes runs/compare/results.json
 (and curves.png, if matplotlib is installed). Finished runs are reused, so a rerun only
-does what is missing.
+does what is missing; a finished run of other settings (say another --rl-steps) stops the
+comparison with an error instead of being reported as if it were this one.
 """
 import argparse
 import json
@@ -28,9 +29,13 @@ import teacher
 METHODS = {  # name -> the reward mode of its GRPO run (None: SFT on all teacher data)
     "sft": None, "sparse": "sparse", "strict": "strict", "mentor": "mentor",
 }
+# Run settings that say where and how a run is written, run or logged, not what it learns:
+# a finished run that differs only in these is reused.
+IGNORED = {"out", "device", "compile", "grad_ckpt", "resume", "save_every", "eval_every", "eval_limit"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (sys.argv when `argv` is None); bad values exit through ap.error."""
     ap = argparse.ArgumentParser(description="SFT vs sparse, strict and MENTOR GRPO, over seeds.")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS) + ["mentor-exact"])
@@ -44,33 +49,68 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if min(args.seeds, args.rl_steps, args.sft_steps, args.jobs) < 1:
         ap.error("--seeds, --rl-steps, --sft-steps and --jobs must be positive")
+    # A method named twice would train into one folder twice and count each seed twice.
+    args.methods = list(dict.fromkeys(args.methods))
     return args
+
+
+def reusable(run: argparse.Namespace) -> bool:
+    """Whether run.out holds a finished run (its eval.json) of these very settings: False
+    when it holds none. Raises ModelError when it holds one trained with other settings
+    (its args.json), rather than report that run as this one or delete it."""
+    if not os.path.isfile(os.path.join(run.out, "eval.json")):
+        return False
+    try:
+        with open(os.path.join(run.out, "args.json")) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        saved = None
+    if not isinstance(saved, dict):
+        raise student.ModelError(f"{run.out} has no readable args.json, so how it was trained is unknown; "
+                                 "use another --out or delete it")
+    wanted = json.loads(json.dumps(vars(run)))  # as args.json stores it
+    changed = [key for key in wanted if key not in IGNORED and (key not in saved or saved[key] != wanted[key])]
+    if changed:
+        old = " and ".join(f"{key}={saved.get(key, 'unset')}" for key in changed)
+        new = " and ".join(str(wanted[key]) for key in changed)
+        raise student.ModelError(f"{run.out} was trained with {old}, this run asks for {new}; "
+                                 "use another --out or delete it")
+    return True
+
+
+def warm_args(seed: int, flags: list[str], args: argparse.Namespace) -> argparse.Namespace:
+    """The sft.py settings of one seed's warm start (sft.py `flags`)."""
+    return sft.parse_args(flags + ["--out", os.path.join(args.out, f"warm-s{seed}"), "--seed", str(seed),
+                                   "--data", args.data, "--device", args.device])
+
+
+def method_args(method: str, seed: int, warm: str, args: argparse.Namespace) -> argparse.Namespace:
+    """The settings of one method's run from the warm start `warm`: sft.py's for "sft", else rl.py's."""
+    common = ["--data", args.data, "--device", args.device, "--seed", str(seed),
+              "--out", os.path.join(args.out, f"{method}-s{seed}")]
+    if method == "sft":
+        # Continue from the warm start on all teacher data, with the tiny profile's step size.
+        return sft.parse_args(common + ["--model", warm, "--steps", str(args.sft_steps), "--eval-every", "0",
+                                        "--lr", str(sft.PROFILES["tiny"]["lr"] / 3), "--batch-size", "32",
+                                        "--warmup", "50"])
+    return rl.parse_args(common + ["--init", warm, "--reward", METHODS.get(method, method),
+                                   "--steps", str(args.rl_steps), "--eval-every", "0"])
 
 
 def run_warm(seed: int, flags: list[str], args: argparse.Namespace) -> str:
     """The warm start of one seed (sft.py `flags`), trained unless it already exists; its folder."""
-    warm = sft.parse_args(flags + ["--out", os.path.join(args.out, f"warm-s{seed}"), "--seed", str(seed),
-                                   "--data", args.data, "--device", args.device])
-    if not os.path.isfile(os.path.join(warm.out, "eval.json")):
+    warm = warm_args(seed, flags, args)
+    if not reusable(warm):
         sft.train(warm)
     return warm.out
 
 
 def run_method(method: str, seed: int, warm: str, args: argparse.Namespace) -> str:
     """Train one method from the warm start (unless its run already finished); return its folder."""
-    out = os.path.join(args.out, f"{method}-s{seed}")
-    if os.path.isfile(os.path.join(out, "eval.json")):
-        return out
-    common = ["--data", args.data, "--device", args.device, "--seed", str(seed), "--out", out]
-    if method == "sft":
-        # Continue from the warm start on all teacher data, with the tiny profile's step size.
-        sft.train(sft.parse_args(common + ["--model", warm, "--steps", str(args.sft_steps), "--eval-every", "0",
-                                           "--lr", str(sft.PROFILES["tiny"]["lr"] / 3), "--batch-size", "32",
-                                           "--warmup", "50"]))
-    else:
-        rl.train(rl.parse_args(common + ["--init", warm, "--reward", METHODS.get(method, method),
-                                         "--steps", str(args.rl_steps), "--eval-every", "0"]))
-    return out
+    run = method_args(method, seed, warm, args)
+    if not reusable(run):
+        (sft.train if method == "sft" else rl.train)(run)
+    return run.out
 
 
 def run_all(fn, jobs: list[tuple], workers: int) -> list:
@@ -122,6 +162,12 @@ def main() -> None:
     seeds = range(args.seeds)
     try:
         teacher.ensure_data(args.data)
+        # Refuse a folder of other settings now, not after hours of training the runs before it.
+        for seed in seeds:
+            warm = warm_args(seed, rl.WARM_START, args)
+            reusable(warm)
+            for method in args.methods:
+                reusable(method_args(method, seed, warm.out, args))
         # Every method of a seed starts from that seed's warm start, so those come first.
         warms = run_all(run_warm, [(seed, rl.WARM_START, args) for seed in seeds], args.jobs)
         jobs = [(method, seed, warms[seed], args) for seed in seeds for method in args.methods]
