@@ -188,7 +188,7 @@ def test_evaluate_reports_every_metric_with_examples(warm):
 
 
 @pytest.mark.parametrize("script, argv", [
-    (rl, ["--save-every", "0"]), (rl, ["--temperature", "0"]), (rl, ["--eval-limit", "0"]), (rl, ["--warmup", "-1"]),
+    (rl, ["--group", "1"]), (rl, ["--reward", "dense"]), (rl, ["--save-every", "0"]), (rl, ["--temperature", "0"]), (rl, ["--eval-limit", "0"]), (rl, ["--warmup", "-1"]),
     (sft, ["--eval-limit", "0"]), (sft, ["--eval-every", "-1"]),
 ])
 def test_bad_flags_are_refused_in_one_line(script, argv, capsys):
@@ -203,13 +203,10 @@ def run_cli(*argv: str, cwd) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["rl.py", "--group", "1"], "--group must be at least 2"),
-    (["rl.py", "--reward", "dense"], "invalid choice"),
     (["rl.py", "--resume", "--out", "runs/none", "--init", "runs/warm"], "no checkpoint to resume from"),
     (["sft.py", "--model", "no/such/model"], "no/such/model"),
     (["evaluate.py", "runs/none"], "runs/none"),
     (["evaluate.py", "runs/warm", "--data", "missing.jsonl"], "missing.jsonl: no such file"),
-    (["sft.py", "--device", "cuda:x", "--steps", "1"], "cuda:x"),
     (["sft.py", "--steps", "1", "--out", "data/train.jsonl"], "data/train.jsonl"),
 ])
 def test_bad_input_gives_one_line_and_nonzero_exit(warm, argv, message):
