@@ -119,7 +119,9 @@ def write_json(path: str, obj) -> None:
     teacher.write_atomic(path, json.dumps(obj, indent=1))
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (sys.argv when `argv` is None); bad values exit through ap.error.
+    Adds `result_file`, the name the results get in each run folder."""
     ap = argparse.ArgumentParser(description="Evaluate checkpoints on the ID and OOD test sets.")
     ap.add_argument("runs", nargs="+", help="run folders (runs/NAME) or HF checkpoints")
     ap.add_argument("--data", nargs="+", default=None, help="JSONL files to evaluate on (default: data/test_id, data/test_ood)")
@@ -128,25 +130,29 @@ def main() -> None:
     ap.add_argument("--max-turns", type=int, default=5)
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = ap.parse_args()
-    if min(args.k, args.max_turns, args.max_tokens, args.limit or 1) < 1:
+    args = ap.parse_args(argv)
+    if min(args.k, args.max_turns, args.max_tokens, 1 if args.limit is None else args.limit) < 1:
         ap.error("--k, --limit, --max-turns and --max-tokens must be positive")
-    names = [os.path.splitext(os.path.basename(p))[0] for p in args.data or []]
-    if len(set(names)) < len(names):
+    args.names = [os.path.splitext(os.path.basename(p))[0] for p in args.data or []]
+    if len(set(args.names)) < len(args.names):
         ap.error("--data: the files need distinct names (a split is named after its file)")
     # The standard evaluation (both test sets, whole, default limits) is eval.json, which
     # rl.py reuses; any other gets a name of its own, so it never replaces that one.
-    tags = names + ([f"first{args.limit}"] if args.limit else [])
+    tags = args.names + ([f"first{args.limit}"] if args.limit else [])
     if (args.max_turns, args.max_tokens) != (ap.get_default("max_turns"), ap.get_default("max_tokens")):
         tags.append(f"turns{args.max_turns}-tokens{args.max_tokens}")
-    result_file = "-".join(["eval"] + tags) + ".json"
+    args.result_file = "-".join(["eval"] + tags) + ".json"
+    return args
 
+
+def main() -> None:
+    args = parse_args()
     try:
         if args.data is None:
             paths = teacher.ensure_data()
             files = {"ID": paths["test_id"], "OOD": paths["test_ood"]}
         else:
-            files = dict(zip(names, args.data))
+            files = dict(zip(args.names, args.data))
         splits = {name: teacher.load_jsonl(path)[:args.limit] for name, path in files.items()}
         results = {}
         for run in args.runs:
@@ -154,7 +160,7 @@ def main() -> None:
             results[run] = {name: evaluate(policy, tokenizer, recs, k=args.k, max_turns=args.max_turns,
                                            max_tokens=args.max_tokens) for name, recs in splits.items()}
             if os.path.isdir(run):
-                write_json(os.path.join(run, result_file), results[run])
+                write_json(os.path.join(run, args.result_file), results[run])
     except (teacher.DataError, student.ModelError, OSError) as e:
         sys.exit(f"error: {e}")
     print(table(results))

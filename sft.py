@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in PROFILES["tiny" if args.model is None else "real"].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if min(args.steps, args.batch_size, args.eval_limit, args.limit or 1) < 1 or args.lr <= 0:
+    if min(args.steps, args.batch_size, args.eval_limit, 1 if args.limit is None else args.limit) < 1 or args.lr <= 0:
         ap.error("--steps, --batch-size, --eval-limit, --limit and --lr must be positive")
     if min(args.warmup, args.eval_every) < 0:
         ap.error("--warmup and --eval-every cannot be negative")

@@ -189,12 +189,14 @@ def test_evaluate_reports_every_metric_with_examples(warm):
 
 @pytest.mark.parametrize("script, argv", [
     (rl, ["--group", "1"]), (rl, ["--reward", "dense"]), (rl, ["--save-every", "0"]), (rl, ["--temperature", "0"]), (rl, ["--eval-limit", "0"]), (rl, ["--warmup", "-1"]),
-    (sft, ["--eval-limit", "0"]), (sft, ["--eval-every", "-1"]),
+    (sft, ["--eval-limit", "0"]), (sft, ["--eval-every", "-1"]), (sft, ["--limit", "0"]),
+    (evaluate, ["runs/sft", "--limit", "0"]), (evaluate, ["runs/sft", "--max-turns", "0"]),
+    (evaluate, ["runs/sft", "--data", "a/test.jsonl", "b/test.jsonl"]),
 ])
 def test_bad_flags_are_refused_in_one_line(script, argv, capsys):
     with pytest.raises(SystemExit) as exit:
         script.parse_args(argv)
-    assert exit.value.code == 2 and argv[0] in capsys.readouterr().err
+    assert exit.value.code == 2 and next(a for a in argv if a.startswith("--")) in capsys.readouterr().err
 
 
 def run_cli(*argv: str, cwd) -> subprocess.CompletedProcess:
@@ -256,3 +258,10 @@ def test_the_starting_evaluation_is_reused_only_for_the_same_problems(tmp_path, 
     assert rl.starting_eval(str(tmp_path), None, None, splits) == saved
     swapped = {"ID": splits["OOD"], "OOD": splits["ID"]}  # same sizes, other problems
     assert rl.starting_eval(str(tmp_path), None, None, swapped) == "evaluated now"
+
+
+def test_only_the_standard_evaluation_writes_eval_json():
+    assert evaluate.parse_args(["runs/x"]).result_file == "eval.json"
+    assert evaluate.parse_args(["runs/x", "--limit", "5"]).result_file == "eval-first5.json"
+    assert evaluate.parse_args(["runs/x", "--data", "my/hard.jsonl", "--max-turns", "2"]).result_file == (
+        "eval-hard-turns2-tokens256.json")
