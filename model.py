@@ -523,6 +523,11 @@ class Rollout:
     finished: bool          # True iff the last assistant turn ended with EOS and had no tool call
     messages: list[dict] = field(default_factory=list)  # the turns as chat messages (assistant + tool)
 
+    @property
+    def final(self) -> str:
+        """The last assistant turn, outside its valid tool calls: where the answer must be."""
+        return next((m["content"] for m in reversed(self.messages) if m["role"] == "assistant"), "")
+
 
 def _tool_turn(tokenizer, prompt: list[dict], results: list[tuple[str, str]], tools: list[dict] | None) -> list[int]:
     """Token ids of the template text between the EOS closing a tool-calling turn and the

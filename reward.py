@@ -58,9 +58,12 @@ def same_calls(student: list[dict], teacher: list[dict]) -> bool:
     return True
 
 
-def score(completion: str, answer, teacher: list, mode: str = "mentor", finished: bool = True) -> dict:
+def score(completion: str, answer, teacher: list, mode: str = "mentor", finished: bool = True,
+          final: str | None = None) -> dict:
     """Score one student completion (all its assistant turns) against the gold answer and the
-    teacher's tool calls (each {"name", "arguments"} or a bare tool name).
+    teacher's tool calls (each {"name", "arguments"} or a bare tool name). The answer is the
+    last \\boxed{} of `final`, the last assistant turn, when the caller can tell turns apart
+    (a box written beside a tool call is no final answer); else of the whole completion.
 
     Returns {"reward", "correct", "tool_match", "invalid_calls", "has_answer", "calls", "finished"}.
     """
@@ -72,7 +75,7 @@ def score(completion: str, answer, teacher: list, mode: str = "mentor", finished
     teacher_names = [t["name"] for t in teacher]
     # Invalid = cannot be parsed, or names no registered tool (the paper's hallucinated tool).
     invalid = sum(1 for c in calls if c["name"] not in tools.TOOLS)
-    pred = tasks.extract_answer(completion)
+    pred = tasks.extract_answer(completion if final is None else final)
     correct = tasks.is_correct(pred, answer)
 
     if mode in ("mentor", "sparse"):
@@ -106,7 +109,8 @@ def completion_text(completion) -> str:
 def reward_func(completions: list, answer: list, teacher_tools: list, **kwargs) -> list[float]:
     """TRL-style reward function (GRPOTrainer(reward_funcs=reward_func)): the dataset needs
     `answer` and `teacher_tools` columns. Uses the MENTOR mode."""
-    return [score(completion_text(c), a, t)["reward"] for c, a, t in zip(completions, answer, teacher_tools)]
+    return [score(completion_text(c), a, t, final=None if isinstance(c, str) else completion_text(c[-1:]))["reward"]
+            for c, a, t in zip(completions, answer, teacher_tools)]
 
 
 def compute_score(data_source: str, solution_str: str, ground_truth, extra_info: dict | None = None) -> float:

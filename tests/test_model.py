@@ -237,6 +237,7 @@ def test_malformed_tool_call_gets_an_error_message_back(trained):
     # the message record keeps the broken block beside its error reply
     assert r.messages[0]["tool_calls"] == [] and "<tool_call>" in r.messages[0]["content"]
     assert r.messages[1] == {"role": "tool", "name": "None", "content": BAD_ERROR}
+    assert r.final == "\\boxed{0}"  # the last assistant turn, where the answer must be
 
 
 def test_out_of_turns_is_unfinished_and_appends_no_tool_response(trained):

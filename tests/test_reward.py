@@ -275,3 +275,13 @@ def test_verl_compute_score():
     assert reward.compute_score("mentor_math", sol, "14", {}) == approx(0.8)
     for sol, gt, tt in [(sol, "14", ["add"]), (UNKNOWN + box(3), "3", ["add"]), ("no box", "3", [])]:
         assert reward.compute_score("d", sol, gt, {"teacher_tools": tt}) == score(sol, gt, tt)["reward"]
+
+
+def test_the_answer_must_be_in_the_last_turn():
+    turns = [ADD + box(7), "I am done."]  # a box beside a tool call, then a last turn without one
+    assert score("\n".join(turns), "7", ["add"])["correct"]  # from the text alone, the last box counts
+    s = score("\n".join(turns), "7", ["add"], final=turns[-1])
+    assert not s["correct"] and not s["has_answer"] and s["reward"] == approx(0.1)
+    conversational = [{"role": "assistant", "content": turns[0]}, {"role": "tool", "content": "7"},
+                      {"role": "assistant", "content": turns[1]}]
+    assert reward.reward_func([conversational], answer=["7"], teacher_tools=[["add"]]) == [approx(0.1)]
