@@ -119,8 +119,7 @@ def bench_step(args) -> None:
                                        max_tokens=100, seed=seed)
         sync(args.device)
         times["rollout"], t = time.perf_counter() - t, time.perf_counter()
-        rewards = torch.tensor([reward.score(r.text, p["answer"], teacher.reference(p), finished=r.finished,
-                                             final=r.final)["reward"]
+        rewards = torch.tensor([reward.score_rollout(r, p)["reward"]
                                 for r, p in zip(rollouts, [p for p in problems for _ in range(8)])])
         adv = rl.grpo_advantages(rewards, 8).to(args.device)
         data = {k: v.to(args.device) for k, v in student.collate(rollouts, tokenizer.pad_token_id).items()}

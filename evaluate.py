@@ -57,8 +57,7 @@ def evaluate(policy, tokenizer, records: list[dict], k: int = 1, max_turns: int 
         prompts = [tasks.prompt(r["question"]) for r in records[i:i + batch_size]]
         rollouts += student.rollout(policy, tokenizer, prompts, tools.schemas(), max_turns=max_turns,
                                     max_tokens=max_tokens, greedy=True)
-    scores = [reward.score(ro.text, r["answer"], teacher.reference(r), finished=ro.finished, final=ro.final)
-              for ro, r in zip(rollouts, records)]
+    scores = [reward.score_rollout(ro, r) for ro, r in zip(rollouts, records)]
     names = [[c["name"] for c in ro.calls if isinstance(c["name"], str)] for ro in rollouts]
     used, taught = Counter(), Counter()
     for student_names, r in zip(names, records):
@@ -88,7 +87,8 @@ def evaluate(policy, tokenizer, records: list[dict], k: int = 1, max_turns: int 
                                       n=k, max_turns=max_turns, max_tokens=max_tokens, seed=seed + i)
             for j, ro in enumerate(sampled):
                 r = part[j // k]
-                any_solved[i + j // k] |= ro.finished and tasks.is_correct(tasks.extract_answer(ro.final), r["answer"])
+                s = reward.score_rollout(ro, r)
+                any_solved[i + j // k] |= s["correct"] and s["finished"]
         metrics[f"pass@{k}"] = sum(any_solved) / n
     metrics["examples"] = [{"question": r["question"], "answer": r["answer"], "solved": ok,
                             "student": ro.messages, "teacher": r["teacher"]["messages"] or r["teacher"]["tools"]}

@@ -16,6 +16,7 @@ import math
 from collections import Counter
 
 import tasks
+import teacher
 import tools
 
 CORRECT = 0.7        # weight of the right final answer
@@ -95,6 +96,13 @@ def score(completion: str, answer, teacher: list, mode: str = "mentor", finished
         reward = CORRECT * correct + MATCH * match * (1 if correct else WRONG_MATCH) + VALID * (invalid == 0)
     return {"reward": reward, "correct": correct, "tool_match": match, "invalid_calls": invalid,
             "has_answer": bool(pred), "calls": len(calls), "finished": finished}
+
+
+def score_rollout(rollout, record: dict, mode: str = "mentor") -> dict:
+    """score() of a sampled conversation (a model.Rollout: all its text, its last turn, whether
+    it finished) against a data record (its answer, its teacher's calls)."""
+    return score(rollout.text, record["answer"], teacher.reference(record), mode=mode, finished=rollout.finished,
+                 final=rollout.final)
 
 
 # --------------------------------------------- adapters for existing distributed trainers

@@ -202,8 +202,7 @@ def train(args: argparse.Namespace) -> dict:
                                        temperature=args.temperature, seed=args.seed * 1_000_003 + step)
         t_roll = time.time()
         # 2. Score each rollout against its problem's answer and teacher trajectory.
-        scores = [reward.score(r.text, p["answer"], teacher.reference(p), mode=args.reward, finished=r.finished,
-                              final=r.final)
+        scores = [reward.score_rollout(r, p, args.reward)
                   for r, p in zip(rollouts, [p for p in problems for _ in range(G)])]
         rewards = torch.tensor([s["reward"] for s in scores])
         adv = grpo_advantages(rewards, G)
