@@ -85,9 +85,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def grpo_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
     """(r - group mean) / (group std + eps), rewards laid out group by group, unbiased std.
-    A group whose rewards are all equal gets zero advantage (its std is 0), never NaN."""
+
+    A group whose rewards are all equal carries no signal and gets exactly 0: its float32
+    mean can be off by an ulp, and that error divided by (0 + eps) would push the whole
+    group up or down (by -0.056 for eight rewards of 0.8)."""
     r = rewards.view(-1, group_size)
-    return ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + eps)).view(-1)
+    adv = (r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + eps)
+    return adv.masked_fill((r == r[:, :1]).all(1, keepdim=True), 0.0).view(-1)
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,

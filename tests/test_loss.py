@@ -23,6 +23,17 @@ def test_zero_variance_group_gets_zero_advantage_not_nan():
     assert adv[4:].abs().sum() > 0
 
 
+@pytest.mark.parametrize("value", [0.8, 0.86, 1.1, 0.1, 0.16, 0.14])
+def test_a_group_of_equal_rewards_gets_exactly_zero(value):
+    # The rewards the reward function really produces: float32 means of these are off by an
+    # ulp, which divided by (std 0 + 1e-6) used to give every sample -0.056 (0.8) or -0.007 (0.1).
+    rewards = torch.tensor([value] * 8 + [1.1, 0.8, 0.16, 0.1, 1.1, 1.1, 0.8, 0.0])
+    adv = grpo_advantages(rewards, group_size=8)
+    assert adv[:8].tolist() == [0.0] * 8
+    r = rewards[8:].double()
+    assert adv[8:].tolist() == pytest.approx(((r - r.mean()) / (r.std() + 1e-6)).tolist(), rel=1e-5)
+
+
 def test_policy_loss_unclipped_is_minus_ratio_times_advantage_token_mean():
     logp = torch.log(torch.tensor([[1.1, 0.9, 1.0]]))
     old = torch.zeros(1, 3)
