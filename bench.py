@@ -108,7 +108,7 @@ def bench_step(args) -> None:
     policy, tokenizer = student.load(args.model, args.device)
     ref, _ = student.load(args.model, args.device)
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-6)
-    problems = teacher.load_jsonl(teacher.ensure_data()["train"])[:8]
+    problems = teacher.load_records(teacher.ensure_data()["train"])[:8]
     prompts = [tasks.prompt(p["question"]) for p in problems]
 
     def step(seed: int) -> dict[str, float]:

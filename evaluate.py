@@ -57,12 +57,8 @@ def evaluate(policy, tokenizer, records: list[dict], k: int = 1, max_turns: int 
         prompts = [tasks.prompt(r["question"]) for r in records[i:i + batch_size]]
         rollouts += student.rollout(policy, tokenizer, prompts, tools.schemas(), max_turns=max_turns,
                                     max_tokens=max_tokens, greedy=True)
-    scores = [reward.score_rollout(ro, r) for ro, r in zip(rollouts, records)]
-    names = [[c["name"] for c in ro.calls if isinstance(c["name"], str)] for ro in rollouts]
-    used, taught = Counter(), Counter()
-    for student_names, r in zip(names, records):
-        used.update(student_names)
-        taught.update(r["teacher"]["tools"])
+    # The outcome alone (mode "sparse"): correctness needs no teacher reference.
+    scores = [reward.score_rollout(ro, r, mode="sparse") for ro, r in zip(rollouts, records)]
     n, n_calls = len(records), sum(s["calls"] for s in scores)
     solved = [s["correct"] and s["finished"] for s in scores]
     metrics = {
@@ -73,9 +69,13 @@ def evaluate(policy, tokenizer, records: list[dict], k: int = 1, max_turns: int 
         "format_valid": sum(s["finished"] and s["has_answer"] and s["invalid_calls"] == 0 for s in scores) / n,
         "calls_per_problem": n_calls / n,
         "invalid_call_rate": sum(s["invalid_calls"] for s in scores) / max(n_calls, 1),
-        "tool_f1": sum(reward.name_f1(s, r["teacher"]["tools"]) for s, r in zip(names, records)) / n,
-        "tool_jsd": jsd(used, taught),
     }
+    # Similarity to the teacher, on the problems that have a teacher reference.
+    taught = [(ro, r["teacher"]["tools"]) for ro, r in zip(rollouts, records) if r["teacher"]]
+    if taught:
+        names = [([c["name"] for c in ro.calls if c["name"] in tools.TOOLS], t) for ro, t in taught]
+        metrics["tool_f1"] = sum(reward.set_f1(set(s), set(t)) for s, t in names) / len(names)
+        metrics["tool_jsd"] = jsd(Counter(x for s, _ in names for x in s), Counter(x for _, t in names for x in t))
     families = sorted({r["family"] for r in records})
     metrics["by_family"] = {f: sum(ok for ok, r in zip(solved, records) if r["family"] == f) /
                                sum(r["family"] == f for r in records) for f in families}
@@ -87,11 +87,12 @@ def evaluate(policy, tokenizer, records: list[dict], k: int = 1, max_turns: int 
                                       n=k, max_turns=max_turns, max_tokens=max_tokens, seed=seed + i)
             for j, ro in enumerate(sampled):
                 r = part[j // k]
-                s = reward.score_rollout(ro, r)
+                s = reward.score_rollout(ro, r, mode="sparse")
                 any_solved[i + j // k] |= s["correct"] and s["finished"]
         metrics[f"pass@{k}"] = sum(any_solved) / n
     metrics["examples"] = [{"question": r["question"], "answer": r["answer"], "solved": ok,
-                            "student": ro.messages, "teacher": r["teacher"]["messages"] or r["teacher"]["tools"]}
+                            "student": ro.messages,
+                            "teacher": r["teacher"] and (r["teacher"]["messages"] or r["teacher"]["tools"])}
                            for ro, r, ok in list(zip(rollouts, records, solved))[:keep]]
     return metrics
 
@@ -153,7 +154,7 @@ def main() -> None:
             files = {"ID": paths["test_id"], "OOD": paths["test_ood"]}
         else:
             files = dict(zip(args.names, args.data))
-        splits = {name: teacher.load_jsonl(path)[:args.limit] for name, path in files.items()}
+        splits = {name: teacher.load_records(path, need_teacher=False)[:args.limit] for name, path in files.items()}
         results = {}
         for run in args.runs:
             policy, tokenizer = student.load(run, device=args.device)

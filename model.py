@@ -69,7 +69,7 @@ def tiny_corpus() -> list[str]:
     import teacher
 
     texts = [tasks.SYSTEM_PROMPT] + [json.dumps(s) for s in schemas()]
-    for record in teacher.load_jsonl(teacher.ensure_data()["train"]):
+    for record in teacher.load_records(teacher.ensure_data()["train"]):
         for m in record["teacher"]["messages"]:
             texts.append(m.get("content") or "")
             texts += [json.dumps(c["function"]) for c in m.get("tool_calls") or []]

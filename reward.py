@@ -1,38 +1,47 @@
-"""The reward: the verifiable outcome plus a soft match against the teacher's tool calls.
+"""The reward: the verifiable outcome plus a match against the teacher's tools.
 
-    not finished (cut off: no EOS, out of turns or tokens)   -> 0.0
-    no \\boxed{} answer, or an empty one                       -> 0.1
+    cut off (no end token: out of turns or tokens)           -> 0.0
+    no \\boxed{} answer in the final turn, or an empty one    -> 0.1
     otherwise   0.7 * correct
               + 0.3 * match * (1 if correct else 0.2)
-              + 0.1 * (no invalid call)
+              + 0.1 * (no invalid call)                       (at most 1.1)
+
+The weights and both special cases are the authors' (their released verl reward,
+`mentor.py`): the outcome dominates, matching the teacher adds at most 0.3 (a fifth of that
+when the answer is wrong, so a right-looking trace never beats a right answer), and the 0.1
+punishes hallucinated tools. A call is *invalid* when it cannot be parsed or names no
+registered tool; the student's tool names are those of its other calls.
 
 `match` is what the modes change (everything else is shared, so comparisons are fair):
-    mentor        F1 between the multisets of tool names (flexible: right kinds of tools)
-    mentor-exact  1 if the *sets* of tool names are equal (the authors' released code)
-    strict        1 if the ordered calls equal the teacher's, names and argument values
-    sparse        no match term at all: 1.0 if correct, else 0.1
+
+    mode      match                                                   authors' name
+    mentor    1 if the set of tool names equals the teacher's set      MENTOR (default)
+    overlap   1 if the two sets share a name; no 0.1 term (max 1.0)    ABLATION2
+    no-match  no match term: 0.7 * correct + 0.1 * valid (max 0.8)     ABLATION3
+    f1        F1 between the two sets of names                         ABLATION4
+    sparse    outcome only: 1.0 if correct, else 0.1                   SPARSE
+    strict    1 if the calls equal the teacher's in order, names and   (this project:
+              argument values                                          replication)
 """
 import math
-from collections import Counter
 
 import tasks
 import teacher
 import tools
 
-CORRECT = 0.7        # weight of the right final answer
-MATCH = 0.3          # weight of matching the teacher's tools ...
-WRONG_MATCH = 0.2    # ... scaled down this much when the answer is wrong
-VALID = 0.1          # bonus when no call is invalid (unparsable or unknown tool)
-FORMAT_ONLY = 0.1    # finished but no \boxed{} answer (and sparse mode's wrong answer)
-MODES = ("mentor", "mentor-exact", "strict", "sparse")
+CORRECT = 0.7      # the right final answer
+MATCH = 0.3        # the teacher's tools ...
+WRONG_MATCH = 0.2  # ... scaled down this much when the answer is wrong
+VALID = 0.1        # no invalid call
+FORMAT_ONLY = 0.1  # finished without a \boxed{} answer (and sparse mode's wrong answer)
+MODES = ("mentor", "overlap", "no-match", "f1", "sparse", "strict")
 
 
-def name_f1(student: list[str], teacher: list[str]) -> float:
-    """F1 between two multisets of tool names; two empty lists match perfectly."""
+def set_f1(student: set[str], teacher: set[str]) -> float:
+    """F1 between two sets of tool names; two empty sets match perfectly."""
     if not student and not teacher:
         return 1.0
-    overlap = sum((Counter(student) & Counter(teacher)).values())
-    return 2 * overlap / (len(student) + len(teacher))
+    return 2 * len(student & teacher) / (len(student) + len(teacher))
 
 
 def same_value(a, b) -> bool:
@@ -45,11 +54,11 @@ def same_value(a, b) -> bool:
     return a == b and isinstance(a, bool) == isinstance(b, bool)
 
 
-def same_calls(student: list[dict], teacher: list[dict]) -> bool:
-    """The ordered calls are the same: names, and argument values where the teacher has them."""
-    if len(student) != len(teacher):
+def same_calls(student: list[dict], reference: list[dict]) -> bool:
+    """The ordered calls are the same: names, and argument values where the reference has them."""
+    if len(student) != len(reference):
         return False
-    for s, t in zip(student, teacher):
+    for s, t in zip(student, reference):
         if s["name"] != t["name"]:
             return False
         if "arguments" in t:
@@ -59,32 +68,35 @@ def same_calls(student: list[dict], teacher: list[dict]) -> bool:
     return True
 
 
-def score(completion: str, answer, teacher: list, mode: str = "mentor", finished: bool = True,
-          final: str | None = None) -> dict:
-    """Score one student completion (all its assistant turns) against the gold answer and the
-    teacher's tool calls (each {"name", "arguments"} or a bare tool name). The answer is the
-    last \\boxed{} of `final`, the last assistant turn, when the caller can tell turns apart
-    (a box written beside a tool call is no final answer); else of the whole completion.
+def match(mode: str, calls: list[dict], reference: list[dict]) -> float:
+    """How well the student's parsed `calls` match the teacher's `reference` calls, in [0, 1]."""
+    names = {c["name"] for c in calls if c["name"] in tools.TOOLS}  # hallucinated names left out
+    taught = {t["name"] for t in reference}
+    if mode == "strict":
+        return float(same_calls(calls, reference))
+    if mode == "overlap":
+        return float(bool(names & taught))
+    if mode == "mentor":
+        return float(names == taught)
+    return set_f1(names, taught)  # f1, and logged for no-match and sparse
 
-    Returns {"reward", "correct", "tool_match", "invalid_calls", "has_answer", "calls", "finished"}.
-    """
+
+def score(calls: list[dict], final: str, answer, reference: list, mode: str = "mentor",
+          finished: bool = True) -> dict:
+    """Score one student conversation: its parsed tool `calls` (tools.parse_tool_calls
+    dicts), its `final` assistant turn (where the answer is read: the last \\boxed{}), whether
+    it `finished`, against the gold `answer` and the teacher's `reference` calls (each
+    {"name", "arguments"} or a bare tool name).
+
+    Returns {"reward", "correct", "tool_match", "invalid_calls", "has_answer", "calls", "finished"};
+    tool_match is reported in every mode (for logs), but only counts where the mode says."""
     if mode not in MODES:
         raise ValueError(f"unknown reward mode {mode!r}; choose from {', '.join(MODES)}")
-    calls = tools.parse_tool_calls(completion)
-    teacher = [t if isinstance(t, dict) else {"name": t} for t in teacher]
-    names = [c["name"] for c in calls if isinstance(c["name"], str)]
-    teacher_names = [t["name"] for t in teacher]
-    # Invalid = cannot be parsed, or names no registered tool (the paper's hallucinated tool).
+    reference = [t if isinstance(t, dict) else {"name": t} for t in reference]
     invalid = sum(1 for c in calls if c["name"] not in tools.TOOLS)
-    pred = tasks.extract_answer(completion if final is None else final)
+    pred = tasks.extract_answer(final)
     correct = tasks.is_correct(pred, answer)
-
-    if mode in ("mentor", "sparse"):
-        match = name_f1(names, teacher_names)
-    elif mode == "mentor-exact":
-        match = float(set(names) == set(teacher_names))
-    else:
-        match = float(same_calls(calls, teacher))
+    m = match(mode, calls, reference)
 
     if not finished:
         reward = 0.0
@@ -93,16 +105,27 @@ def score(completion: str, answer, teacher: list, mode: str = "mentor", finished
     elif mode == "sparse":
         reward = 1.0 if correct else FORMAT_ONLY
     else:
-        reward = CORRECT * correct + MATCH * match * (1 if correct else WRONG_MATCH) + VALID * (invalid == 0)
-    return {"reward": reward, "correct": correct, "tool_match": match, "invalid_calls": invalid,
+        weight = {"no-match": 0.0}.get(mode, MATCH)
+        reward = (CORRECT * correct + weight * m * (1 if correct else WRONG_MATCH)
+                  + VALID * (invalid == 0) * (mode != "overlap"))
+    return {"reward": reward, "correct": correct, "tool_match": m, "invalid_calls": invalid,
             "has_answer": bool(pred), "calls": len(calls), "finished": finished}
 
 
+def score_text(text: str, answer, reference: list, mode: str = "mentor", finished: bool = True,
+               final: str | None = None) -> dict:
+    """score() of a completion given as text: its calls are parsed from `text`, the answer is
+    read from `final` (the last assistant turn) when the caller can tell turns apart, else
+    from the whole text."""
+    return score(tools.parse_tool_calls(text), text if final is None else final, answer, reference, mode, finished)
+
+
 def score_rollout(rollout, record: dict, mode: str = "mentor") -> dict:
-    """score() of a sampled conversation (a model.Rollout: all its text, its last turn, whether
-    it finished) against a data record (its answer, its teacher's calls)."""
-    return score(rollout.text, record["answer"], teacher.reference(record), mode=mode, finished=rollout.finished,
-                 final=rollout.final)
+    """score() of a sampled conversation (a model.Rollout: its calls, its last turn, whether it
+    finished) against a data record (its answer, its teacher reference; none is needed for
+    the sparse reward)."""
+    reference = [] if mode == "sparse" and record["teacher"] is None else teacher.reference(record)
+    return score(rollout.calls, rollout.final, record["answer"], reference, mode, rollout.finished)
 
 
 # --------------------------------------------- adapters for existing distributed trainers
@@ -117,12 +140,13 @@ def completion_text(completion) -> str:
 def reward_func(completions: list, answer: list, teacher_tools: list, **kwargs) -> list[float]:
     """TRL-style reward function (GRPOTrainer(reward_funcs=reward_func)): the dataset needs
     `answer` and `teacher_tools` columns. Uses the MENTOR mode."""
-    return [score(completion_text(c), a, t, final=None if isinstance(c, str) else completion_text(c[-1:]))["reward"]
+    return [score_text(completion_text(c), a, t,
+                       final=None if isinstance(c, str) else completion_text(c[-1:]))["reward"]
             for c, a, t in zip(completions, answer, teacher_tools)]
 
 
 def compute_score(data_source: str, solution_str: str, ground_truth, extra_info: dict | None = None) -> float:
     """verl-style reward (custom_reward_function): `extra_info["teacher_tools"]` holds the
     teacher's tool names. Uses the MENTOR mode."""
-    teacher = (extra_info or {}).get("teacher_tools", [])
-    return score(solution_str, ground_truth, list(teacher))["reward"]
+    reference = (extra_info or {}).get("teacher_tools", [])
+    return score_text(solution_str, ground_truth, list(reference))["reward"]

@@ -155,8 +155,9 @@ def train(args: argparse.Namespace) -> dict:
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     paths = teacher.ensure_data(args.data)
-    train_set = teacher.load_jsonl(paths["train"])
-    splits = {"ID": teacher.load_jsonl(paths["test_id"]), "OOD": teacher.load_jsonl(paths["test_ood"])}
+    train_set = teacher.load_records(paths["train"], need_teacher=args.reward != "sparse")
+    splits = {name: teacher.load_records(paths[split], need_teacher=False)
+              for name, split in (("ID", "test_id"), ("OOD", "test_ood"))}
     if len(train_set) < args.prompts:
         raise teacher.DataError(f"{paths['train']}: {len(train_set)} problems, fewer than --prompts {args.prompts}")
     state = None

@@ -88,10 +88,11 @@ def train(args: argparse.Namespace) -> dict[str, dict]:
     """Run SFT as configured by `args`; returns the final evaluation per split."""
     torch.manual_seed(args.seed)
     paths = teacher.ensure_data(args.data)
-    records = [r for r in teacher.load_jsonl(paths["train"]) if r["teacher"]["messages"]][:args.limit]
+    records = [r for r in teacher.load_records(paths["train"]) if r["teacher"]["messages"]][:args.limit]
     if not records:
         raise teacher.DataError(f"{paths['train']}: no teacher trajectories (messages) to learn from")
-    splits = {"ID": teacher.load_jsonl(paths["test_id"]), "OOD": teacher.load_jsonl(paths["test_ood"])}
+    splits = {name: teacher.load_records(paths[split], need_teacher=False)
+              for name, split in (("ID", "test_id"), ("OOD", "test_ood"))}
     policy, tokenizer = student.load(args.model, device=args.device, compile=args.compile)
     examples = [student.encode(tokenizer, r["teacher"]["messages"], tools.schemas()) for r in records]
     os.makedirs(args.out, exist_ok=True)

@@ -9,9 +9,10 @@ through the tools and must reach the gold answer before it is written.
 is rolled out with the same tools and only trajectories that replay to the right answer
 are kept (rejection sampling).
 
-One JSON record per line (DESIGN.md):
+One JSON record per line:
   {"id", "question", "answer", "split", "family", "teacher": {"messages": [...], "tools": [names]}}
-Files with only `question`, `answer` and `teacher_tools` (the authors' released data) load too.
+The authors' released rows load too (JSONL, or parquet with pyarrow installed): `question`,
+`reward_model.ground_truth` and `tool_calls_used` (the teacher's tool names).
 """
 import argparse
 import json
@@ -53,7 +54,10 @@ def tool_calls(messages: list[dict]) -> list[dict]:
 
 def reference(record: dict) -> list:
     """The teacher's calls of a data record for scoring: {"name", "arguments"} from its
-    messages, or bare tool names when the record carries names only (teacher_tools)."""
+    messages, or bare tool names when the record carries names only (tool_calls_used).
+    Raises ValueError for a record loaded without a teacher (load_records(need_teacher=False))."""
+    if record["teacher"] is None:
+        raise ValueError(f"record {record['id']} has no teacher reference; only the sparse reward can score it")
     return tool_calls(record["teacher"]["messages"]) or record["teacher"]["tools"]
 
 
@@ -127,32 +131,91 @@ def write_jsonl(path: str, records: list[dict]) -> None:
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
-def load_jsonl(path: str) -> list[dict]:
-    """Problems with teacher trajectories from a JSONL file, in the format above.
-
-    A record needs `question` and `answer`; the teacher comes from `teacher` or from the
-    authors' `teacher_tools` (names only). Raises DataError naming file and line."""
+def read_rows(path: str) -> list[tuple[int, object]]:
+    """The rows of a JSONL file (with their line numbers; blank lines skipped), or of a
+    .parquet file (pyarrow, optional). Raises DataError naming the file and line."""
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file")
-    records = []
+    if path.endswith(".parquet"):
+        try:
+            import pyarrow.parquet
+        except ImportError:
+            raise DataError(f"{path}: reading .parquet files needs pyarrow (pip install pyarrow)") from None
+        try:
+            return list(enumerate(pyarrow.parquet.read_table(path).to_pylist(), 1))
+        except pyarrow.ArrowException as e:
+            raise DataError(f"{path}: not a readable parquet file ({e})") from None
+    rows = []
     with open(path) as f:
         for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+            if line.strip():
+                try:
+                    rows.append((lineno, json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    return rows
+
+
+def teacher_of(row: dict) -> dict | None:
+    """The teacher reference of a row: `teacher` ({"messages", "tools"}), or the tool names
+    of the authors' `tool_calls_used` (a list, or a JSON string of one) or `teacher_tools`;
+    None when the row has none. Raises ValueError when one is there but malformed."""
+    if "teacher" in row:
+        teacher = row["teacher"]
+        names = teacher.get("tools") if isinstance(teacher, dict) else None
+        messages = teacher.get("messages", []) if isinstance(teacher, dict) else None
+        if not isinstance(messages, list):
+            raise ValueError("'teacher.messages' must be a list of chat messages")
+    else:
+        key = next((k for k in ("tool_calls_used", "teacher_tools") if k in row), None)
+        if key is None:
+            return None
+        names, messages = row[key], []
+        if isinstance(names, str):
             try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(r, dict) or "question" not in r or "answer" not in r:
-                raise DataError(f"{path}:{lineno}: a record needs 'question' and 'answer'")
-            teacher = r.get("teacher") or {"messages": [], "tools": r.get("teacher_tools", [])}
-            names = teacher.get("tools") if isinstance(teacher, dict) else None
-            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-                raise DataError(f"{path}:{lineno}: 'teacher.tools' / 'teacher_tools' must be a list of tool names")
-            records.append({"id": str(r.get("id", f"{os.path.basename(path)}-{lineno}")),
-                            "question": str(r["question"]), "answer": str(r["answer"]),
-                            "split": r.get("split", ""), "family": r.get("family", ""),
-                            "teacher": {"messages": teacher.get("messages", []), "tools": names}})
+                names = json.loads(names)
+            except json.JSONDecodeError:
+                raise ValueError(f"'{key}' is a string but not a JSON list of tool names") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError("the teacher's tools ('teacher.tools', 'tool_calls_used' or 'teacher_tools') "
+                         "must be a list of tool names")
+    return {"messages": messages, "tools": names}
+
+
+def load_records(path: str, need_teacher: bool = True) -> list[dict]:
+    """Problems with their teacher reference from a JSONL (or .parquet) file.
+
+    A row needs `question` and `answer` (or the authors' `reward_model.ground_truth`), and a
+    teacher reference (see teacher_of) unless `need_teacher` is False (the sparse reward
+    needs none); then the record's "teacher" is None. The authors' `data_source` serves as
+    the family when there is none; their `extra_info` (tool schemas and code) is never read, let alone run.
+    Raises DataError naming the file and line, or listing the tool names no tool implements."""
+    records, unknown = [], {}
+    for lineno, row in read_rows(path):
+        where = f"{path}:{lineno}"
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: a record must be a JSON object")
+        answer = row["answer"] if "answer" in row else (row.get("reward_model") or {}).get("ground_truth")
+        if "question" not in row or not isinstance(answer, (str, int, float)) or isinstance(answer, bool):
+            raise DataError(f"{where}: a record needs 'question' and 'answer' (or 'reward_model.ground_truth')")
+        try:
+            reference = teacher_of(row)
+        except ValueError as e:
+            raise DataError(f"{where}: {e}") from None
+        if reference is None and need_teacher:
+            raise DataError(f"{where}: no teacher reference ('teacher', 'tool_calls_used' or 'teacher_tools'); "
+                            "only the sparse reward trains without one")
+        for name in reference["tools"] if reference else []:
+            if name not in tools.TOOLS:
+                unknown.setdefault(name, lineno)
+        records.append({"id": str(row.get("id", f"{os.path.basename(path)}-{lineno}")),
+                        "question": str(row["question"]), "answer": str(answer),
+                        "split": row.get("split", ""), "family": row.get("family", row.get("data_source", "")),
+                        "teacher": reference})
+    if unknown:
+        names = ", ".join(f"'{n}' (line {line})" for n, line in unknown.items())
+        raise DataError(f"{path}: the teacher uses tools that tools.py does not have: {names}; "
+                        f"known: {', '.join(tools.TOOLS)}")
     if not records:
         raise DataError(f"{path}: no records")
     return records
@@ -168,11 +231,14 @@ def check_folder(path: str) -> None:
 
 
 def ensure_data(data_dir: str = "data", n_train: int = 4000, seed: int = 0) -> dict[str, str]:
-    """Paths of the three splits in `data_dir`. When none of them exists, they are written
-    with the scripted teacher; when only some do, DataError names the missing ones (the
-    user's own files are never overwritten)."""
+    """Paths of the three splits in `data_dir` (SPLIT.jsonl, or SPLIT.parquet). When none of
+    them exists, they are written with the scripted teacher; when only some do, DataError
+    names the missing ones (the user's own files are never overwritten)."""
     check_folder(data_dir)
-    paths = {s: os.path.join(data_dir, f"{s}.jsonl") for s in SPLITS}
+    paths = {}
+    for split in SPLITS:
+        jsonl, parquet = (os.path.join(data_dir, f"{split}.{ext}") for ext in ("jsonl", "parquet"))
+        paths[split] = parquet if os.path.exists(parquet) and not os.path.exists(jsonl) else jsonl
     missing = [p for p in paths.values() if not os.path.exists(p)]
     if len(missing) == len(paths):
         write_scripted(data_dir, n_train, seed)

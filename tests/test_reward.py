@@ -12,7 +12,10 @@ from pytest import approx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import reward  # noqa: E402
-from reward import score  # noqa: E402
+import teacher  # noqa: E402
+import tools  # noqa: E402
+
+score = reward.score_text  # the text form: calls parsed from the completion
 
 
 def call(name, **arguments) -> str:
@@ -29,7 +32,7 @@ def box(x) -> str:
     return f"The answer is \\boxed{{{x}}}."
 
 
-# ------------------------------------------------------------------------- mentor mode
+# ------------------------------------------------------- mentor mode (the authors' MENTOR)
 
 def test_correct_full_match_no_invalid_is_1_1():
     r = score(ADD + MUL + box(14), "14", ["add", "multiply"])
@@ -37,78 +40,82 @@ def test_correct_full_match_no_invalid_is_1_1():
                  "has_answer": True, "calls": 2, "finished": True}
 
 
-def test_wrong_answer_partial_match():
-    # student [add], teacher [add, multiply]: F1 = 2*1/(1+2) = 2/3
-    # 0.7*0 + 0.3*(2/3)*0.2 + 0.1 = 0.14
-    r = score(ADD + box(99), "14", ["add", "multiply"])
-    assert r["tool_match"] == approx(2 / 3)
-    assert r["correct"] is False
-    assert r["reward"] == approx(0.14)
+def test_mentor_is_equality_of_the_sets_of_names():
+    teacher = ["multiply", "add"]
+    student = ADD + call("add", a=7, b=0) + MUL  # counts and order differ, same set
+    assert score(student + box(14), "14", teacher)["reward"] == approx(1.1)
+    # a subset is no match: 0.7 + 0 + 0.1 = 0.8
+    r = score(ADD + box(14), "14", teacher)
+    assert r["tool_match"] == 0.0 and r["reward"] == approx(0.8)
+    # a superset is no match either
+    assert score(ADD + MUL + call("sqrt", x=4) + box(14), "14", teacher)["tool_match"] == 0.0
+    # wrong answer, equal sets: 0.3*1*0.2 + 0.1 = 0.16; unequal: 0.1
+    assert score(student + box(15), "14", teacher)["reward"] == approx(0.16)
+    assert score(ADD + box(15), "14", teacher)["reward"] == approx(0.1)
+    # correct without any tool: 0.7 + 0 + 0.1
+    assert score(box(14), "14", teacher)["reward"] == approx(0.8)
 
 
-def test_correct_answer_partial_match():
-    # 0.7 + 0.3*(2/3) + 0.1 = 1.0
-    assert score(ADD + box(14), "14", ["add", "multiply"])["reward"] == approx(1.0)
-
-
-def test_correct_without_tools():
-    # F1 of [] vs [add] = 0: 0.7 + 0 + 0.1 = 0.8
-    r = score(box(7), "7", ["add"])
-    assert r["tool_match"] == 0.0 and r["calls"] == 0
-    assert r["reward"] == approx(0.8)
-
-
-def test_wrong_answer_full_match():
-    # 0 + 0.3*1*0.2 + 0.1 = 0.16
-    assert score(ADD + MUL + box(15), "14", ["add", "multiply"])["reward"] == approx(0.16)
-
-
-def test_wrong_answer_no_match_no_invalid():
-    # 0 + 0 + 0.1 = 0.1
-    assert score(MUL + box(15), "7", ["add"])["reward"] == approx(0.1)
-
-
-def test_mentor_f1_is_over_multisets():
-    student = call("add", a=1, b=2) + call("add", a=3, b=4) + MUL
-    teacher = ["add", "multiply", "multiply"]
-    # overlap = min(2,1) + min(1,2) = 2; F1 = 2*2/(3+3) = 2/3
-    assert reward.name_f1(["add", "add", "multiply"], teacher) == approx(4 / 6)
-    r = score(student + box(14), "14", teacher)
-    assert r["tool_match"] == approx(4 / 6)
-    assert r["reward"] == approx(1.0)                                  # 0.7 + 0.3*(2/3) + 0.1
-    assert score(student + box(1), "14", teacher)["reward"] == approx(0.14)  # 0.3*(2/3)*0.2 + 0.1
-
-
-def test_name_f1_edge_cases():
-    assert reward.name_f1([], []) == 1.0
-    assert reward.name_f1(["add"], []) == 0.0
-    assert reward.name_f1([], ["add"]) == 0.0
-    assert reward.name_f1(["add"], ["multiply"]) == 0.0
-    assert reward.name_f1(["multiply", "add"], ["add", "multiply"]) == 1.0  # order ignored
-    assert reward.name_f1(["add"], ["add", "add", "add"]) == approx(0.5)  # 2*1/4
-    # no calls and a teacher that used none: a perfect match
+def test_a_teacher_that_used_no_tools_matches_a_student_that_used_none():
+    # The authors' code gives such rows a flat 0.1 (their data never has them); here the empty
+    # sets are equal, so a right answer without tools is a full match.
     assert score(box(7), "7", [])["reward"] == approx(1.1)
     assert score(ADD + box(7), "7", [])["reward"] == approx(0.8)
 
 
-def test_invalid_calls_remove_the_bonus():
-    # unknown tool: names [calculator, add] vs [add]: F1 = 2*1/3; 0.7 + 0.3*(2/3) + 0 = 0.9
+def test_hallucinated_names_only_lose_the_validity_bonus():
+    # names [calculator, add]: calculator is no tool, so the set is {add} == {add}: 0.7 + 0.3 + 0
     r = score(UNKNOWN + ADD + box(7), "7", ["add"])
     assert r["invalid_calls"] == 1 and r["calls"] == 2
-    assert r["tool_match"] == approx(2 / 3)
-    assert r["reward"] == approx(0.9)
-    # unparsable call: no name, so names [add] vs [add]: F1 = 1; 0.7 + 0.3 + 0 = 1.0
+    assert r["tool_match"] == 1.0 and r["reward"] == approx(1.0)
+    # an unparsable call is invalid too, and has no name
     r = score(UNPARSABLE + ADD + box(7), "7", ["add"])
-    assert r["invalid_calls"] == 1 and r["tool_match"] == 1.0
-    assert r["reward"] == approx(1.0)
-    # two invalid calls, wrong answer, no match: 0 + 0 + 0 = 0.0
+    assert r["invalid_calls"] == 1 and r["tool_match"] == 1.0 and r["reward"] == approx(1.0)
+    # two invalid calls, wrong answer, no valid tool: 0 + 0 + 0
     r = score(UNKNOWN + UNPARSABLE + box(8), "7", ["add"])
     assert r["invalid_calls"] == 2 and r["reward"] == approx(0.0)
-    # a name that is not even a string, an unclosed call at the end
+    # a name that is not even a string, an unclosed call at the end: invalid, no name
     r = score('<tool_call>{"name": ["add"], "arguments": {}}</tool_call>' + box(7), "7", [])
     assert r["invalid_calls"] == 1 and r["reward"] == approx(0.7 + 0.3)
     r = score(box(7) + '<tool_call>{"name": "add"', "7", [])
     assert r["invalid_calls"] == 1 and r["reward"] == approx(1.0)
+
+
+def test_a_known_tool_with_bad_arguments_is_no_hallucination():
+    # add with a missing argument gets an error reply in a rollout, but names a real tool
+    r = score(call("add", a=3) + box(3), "3", ["add"])
+    assert r["invalid_calls"] == 0 and r["tool_match"] == 1.0 and r["reward"] == approx(1.1)
+
+
+# ------------------------------------------------------------------ the authors' ablations
+
+def test_overlap_any_shared_name_and_no_validity_term():
+    teacher = ["add", "multiply"]
+    assert score(ADD + box(14), "14", teacher, mode="overlap")["reward"] == approx(1.0)    # 0.7 + 0.3
+    assert score(call("sqrt", x=4) + box(14), "14", teacher, mode="overlap")["reward"] == approx(0.7)
+    assert score(ADD + box(15), "14", teacher, mode="overlap")["reward"] == approx(0.06)   # 0.3*0.2
+    assert score(UNKNOWN + ADD + box(14), "14", teacher, mode="overlap")["reward"] == approx(1.0)
+    assert score(box(15), "14", teacher, mode="overlap")["reward"] == approx(0.0)
+
+
+def test_no_match_is_outcome_plus_validity():
+    teacher = ["add", "multiply"]
+    assert score(ADD + MUL + box(14), "14", teacher, mode="no-match")["reward"] == approx(0.8)
+    assert score(box(14), "14", teacher, mode="no-match")["reward"] == approx(0.8)
+    assert score(UNKNOWN + box(14), "14", teacher, mode="no-match")["reward"] == approx(0.7)
+    assert score(ADD + MUL + box(15), "14", teacher, mode="no-match")["reward"] == approx(0.1)
+
+
+def test_f1_over_the_sets_of_names():
+    teacher = ["add", "multiply"]
+    # {add} vs {add, multiply}: F1 = 2*1/3; right: 0.7 + 0.3*(2/3) + 0.1 = 1.0; wrong: 0.3*(2/3)*0.2 + 0.1
+    r = score(ADD + call("add", a=1, b=1) + box(14), "14", teacher, mode="f1")
+    assert r["tool_match"] == approx(2 / 3) and r["reward"] == approx(1.0)
+    assert score(ADD + box(15), "14", teacher, mode="f1")["reward"] == approx(0.14)
+    assert score(ADD + MUL + MUL + box(14), "14", teacher, mode="f1")["reward"] == approx(1.1)
+    assert reward.set_f1(set(), set()) == 1.0
+    assert reward.set_f1({"add"}, set()) == 0.0
+    assert reward.set_f1({"add", "sqrt", "floor"}, {"add"}) == approx(0.5)  # 2*1/4
 
 
 def test_unfinished_is_zero_in_every_mode():
@@ -143,24 +150,6 @@ def test_sparse():
     assert score(ADD + MUL + box(14), "14", teacher, mode="sparse", finished=False)["reward"] == 0.0
     assert score(ADD + MUL, "14", teacher, mode="sparse")["reward"] == approx(0.1)
     assert score(ADD + box(14), "14", teacher, mode="sparse")["tool_match"] == approx(2 / 3)  # logged only
-
-
-# ------------------------------------------------------------------- mentor-exact mode
-
-def test_mentor_exact_is_set_equality():
-    teacher = ["multiply", "add"]
-    student = ADD + call("add", a=7, b=0) + MUL  # counts and order differ, same set
-    r = score(student + box(14), "14", teacher, mode="mentor-exact")
-    assert r["tool_match"] == 1.0 and r["reward"] == approx(1.1)
-    # a subset is no match: 0.7 + 0 + 0.1 = 0.8
-    r = score(ADD + box(14), "14", teacher, mode="mentor-exact")
-    assert r["tool_match"] == 0.0 and r["reward"] == approx(0.8)
-    # a superset is no match either
-    assert score(ADD + MUL + call("sqrt", x=4) + box(14), "14", teacher, mode="mentor-exact")["tool_match"] == 0.0
-    # wrong answer, equal sets: 0.3*1*0.2 + 0.1 = 0.16
-    assert score(student + box(15), "14", teacher, mode="mentor-exact")["reward"] == approx(0.16)
-    # no calls, empty teacher: equal (empty) sets
-    assert score(box(14), "14", [], mode="mentor-exact")["reward"] == approx(1.1)
 
 
 # ------------------------------------------------------------------------- strict mode
@@ -241,47 +230,47 @@ def test_score_never_raises_on_garbage():
             assert 0.0 <= r["reward"] <= 1.1 + 1e-9
 
 
-# ---------------------------------------------------------------------------- adapters
-
-def test_trl_reward_func_string_and_conversational():
-    conversational = [
-        {"role": "assistant", "content": ADD},
-        {"role": "tool", "content": "7 \\boxed{999}"},  # tool text is not the student's answer
-        {"role": "assistant", "content": MUL},
-        {"role": "tool", "content": "14"},
-        {"role": "assistant", "content": box(14)},
-    ]
-    completions = [ADD + MUL + box(14), ADD + box(99), conversational,
-                   [{"role": "assistant", "content": None}, {"role": "assistant", "content": box(7)}]]
-    answers = ["14", "14", "14", "7"]
-    teacher_tools = [["add", "multiply"], ["add", "multiply"], ["add", "multiply"], ["add"]]
-    rewards = reward.reward_func(completions, answer=answers, teacher_tools=teacher_tools,
-                                 prompts=["p"] * 4, completion_ids=[[1]] * 4)  # TRL passes extra kwargs
-    assert rewards == [approx(1.1), approx(0.14), approx(1.1), approx(0.8)]
-    expected = [score(reward.completion_text(c), a, t)["reward"]
-                for c, a, t in zip(completions, answers, teacher_tools)]
-    assert rewards == expected
-    assert reward.completion_text(conversational) == "\n".join([ADD, MUL, box(14)])
-
-
-def test_verl_compute_score():
-    sol = ADD + MUL + box(14)
-    assert reward.compute_score("mentor_math", sol, "14", {"teacher_tools": ["add", "multiply"]}) == approx(1.1)
-    assert reward.compute_score("mentor_math", sol, "14", {"teacher_tools": ("add", "multiply")}) == approx(1.1)
-    assert reward.compute_score("mentor_math", ADD + box(99), "14", {"teacher_tools": ["add", "multiply"]}) \
-        == approx(0.14)
-    # no teacher given: F1 of two calls against none is 0: 0.7 + 0 + 0.1
-    assert reward.compute_score("mentor_math", sol, "14") == approx(0.8)
-    assert reward.compute_score("mentor_math", sol, "14", {}) == approx(0.8)
-    for sol, gt, tt in [(sol, "14", ["add"]), (UNKNOWN + box(3), "3", ["add"]), ("no box", "3", [])]:
-        assert reward.compute_score("d", sol, gt, {"teacher_tools": tt}) == score(sol, gt, tt)["reward"]
-
-
 def test_the_answer_must_be_in_the_last_turn():
     turns = [ADD + box(7), "I am done."]  # a box beside a tool call, then a last turn without one
     assert score("\n".join(turns), "7", ["add"])["correct"]  # from the text alone, the last box counts
     s = score("\n".join(turns), "7", ["add"], final=turns[-1])
     assert not s["correct"] and not s["has_answer"] and s["reward"] == approx(0.1)
-    conversational = [{"role": "assistant", "content": turns[0]}, {"role": "tool", "content": "7"},
-                      {"role": "assistant", "content": turns[1]}]
-    assert reward.reward_func([conversational], answer=["7"], teacher_tools=[["add"]]) == [approx(0.1)]
+
+
+# ------------------------------------------------------ scoring a rollout against a record
+
+class FakeRollout:
+    """What score_rollout reads of a model.Rollout."""
+    def __init__(self, text: str, finished: bool = True):
+        self.calls, self.final, self.finished = tools.parse_tool_calls(text), text, finished
+
+
+@pytest.mark.parametrize("row", [
+    {"question": "2 + 3?", "reward_model": {"ground_truth": "5"}, "tool_calls_used": ["add"]},
+    {"question": "2 + 3?", "reward_model": {"ground_truth": "5"}, "tool_calls_used": '["add"]'},
+    {"question": "2 + 3?", "answer": "5", "teacher_tools": ["add"]},
+])
+def test_the_authors_rows_score_against_their_teacher(tmp_path, row):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    record = teacher.load_records(str(path))[0]
+    # calling the teacher's tool beats calling none (the reverse of what an empty teacher gave)
+    assert reward.score_rollout(FakeRollout(call("add", a=2, b=3) + box(5)), record)["reward"] == approx(1.1)
+    assert reward.score_rollout(FakeRollout(box(5)), record)["reward"] == approx(0.8)
+
+
+def test_a_record_without_teacher_scores_only_sparse(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"question": "2 + 3?", "answer": "5"}) + "\n")
+    record = teacher.load_records(str(path), need_teacher=False)[0]
+    assert record["teacher"] is None
+    assert reward.score_rollout(FakeRollout(box(5)), record, mode="sparse")["reward"] == 1.0
+    with pytest.raises(ValueError, match="no teacher reference"):
+        reward.score_rollout(FakeRollout(box(5)), record)
+
+
+def test_scoring_parsed_calls_equals_scoring_the_text():
+    text = UNKNOWN + ADD + MUL + box(14)
+    for mode in reward.MODES:
+        assert reward.score(tools.parse_tool_calls(text), box(14), "14", STRICT_TEACHER, mode) == \
+            score(text, "14", STRICT_TEACHER, mode, final=box(14))

@@ -60,7 +60,7 @@ def test_sft_lowers_the_loss_and_writes_a_run(warm):
 
 def test_sft_trains_only_the_assistant_tokens(warm):
     policy, tok = model.load(warm)
-    record = teacher.load_jsonl("data/train.jsonl")[0]
+    record = teacher.load_records("data/train.jsonl")[0]
     ids, attn, mask = sft.batch([model.encode(tok, record["teacher"]["messages"], tools.schemas())], tok.pad_token_id, "cpu")
     trained = tok.decode(ids[0][mask[0] == 1])
     assert "<tool_call>" in trained and "\\boxed{" + record["answer"] + "}" in trained
@@ -174,7 +174,7 @@ def test_jsd_of_tool_usage():
 
 def test_evaluate_reports_every_metric_with_examples(warm):
     policy, tok = model.load(warm)
-    records = teacher.load_jsonl("data/test_id.jsonl")
+    records = teacher.load_records("data/test_id.jsonl")
     m = evaluate.evaluate(policy, tok, records, k=2, max_tokens=96)
     for key in ("accuracy", "finished", "format_valid", "calls_per_problem", "invalid_call_rate", "tool_f1",
                 "tool_jsd", "pass@2"):
