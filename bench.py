@@ -71,7 +71,7 @@ def bench_rollout(args) -> None:
     shared machine the speed drifts by 20-30% within a minute, and timing all of one method
     before the other would put that drift into the ratio."""
     policy, tokenizer = student.load(args.model, args.device)
-    prompt = tasks.prompt(QUESTION)
+    prompt = tasks.prompt(QUESTION, not student.is_tiny(tokenizer))
     prompt_ids, _ = student.encode(tokenizer, prompt, tools.schemas())
     eos = tokenizer.eos_token_id
 
@@ -109,7 +109,7 @@ def bench_step(args) -> None:
     ref, _ = student.load(args.model, args.device)
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-6)
     problems = teacher.load_records(teacher.ensure_data()["train"])[:8]
-    prompts = [tasks.prompt(p["question"]) for p in problems]
+    prompts = [tasks.prompt(p["question"], not student.is_tiny(tokenizer)) for p in problems]
 
     def step(seed: int) -> dict[str, float]:
         times, t = {}, time.perf_counter()
@@ -124,13 +124,14 @@ def bench_step(args) -> None:
         adv = rl.grpo_advantages(rewards, 8).to(args.device)
         data = {k: v.to(args.device) for k, v in student.collate(rollouts, tokenizer.pad_token_id).items()}
         times["reward"], t = time.perf_counter() - t, time.perf_counter()
-        ref_logp = rl.batched_logprobs(ref, data, 64)
+        ref_logp = rl.batched_logprobs(ref, data, torch.arange(64, device=args.device), 64, 1.0)
         sync(args.device)
         times["ref logprobs"], t = time.perf_counter() - t, time.perf_counter()
         policy.train()
         logp = student.logprobs(policy, data["ids"], data["attention_mask"])
-        loss = rl.policy_loss(logp, data["old_logprobs"], adv, data["loss_mask"])[0]
-        loss = loss + 0.001 * rl.masked_mean(rl.kl_penalty(logp, ref_logp), data["loss_mask"])
+        mask = data["loss_mask"]
+        per_token = rl.policy_loss(logp, logp.detach(), adv)[0] + 0.001 * rl.kl_penalty(logp, ref_logp)
+        loss = rl.token_sum(per_token, mask) / mask.sum()
         opt.zero_grad()
         loss.backward()
         opt.step()

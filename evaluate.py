@@ -50,11 +50,11 @@ def evaluate(policy, tokenizer, records: list[dict], k: int = 1, max_turns: int 
 
     A problem counts as solved when the conversation finished (EOS, no pending call) with the
     right \\boxed{} answer, as the reward counts it. Returns the split's metrics as a dict of
-    floats, plus "data" (the problems' fingerprint) and "examples": `keep` whole
+    floats, plus "data" (the problems' fingerprint), "limits" ([max_turns, max_tokens]) and "examples": `keep` whole
     conversations, the student's beside the teacher's."""
-    rollouts = []
+    rollouts, authors = [], not student.is_tiny(tokenizer)
     for i in range(0, len(records), batch_size):
-        prompts = [tasks.prompt(r["question"]) for r in records[i:i + batch_size]]
+        prompts = [tasks.prompt(r["question"], authors) for r in records[i:i + batch_size]]
         rollouts += student.rollout(policy, tokenizer, prompts, tools.schemas(), max_turns=max_turns,
                                     max_tokens=max_tokens, greedy=True)
     # The outcome alone (mode "sparse"): correctness needs no teacher reference.
@@ -69,6 +69,7 @@ def evaluate(policy, tokenizer, records: list[dict], k: int = 1, max_turns: int 
         "format_valid": sum(s["finished"] and s["has_answer"] and s["invalid_calls"] == 0 for s in scores) / n,
         "calls_per_problem": n_calls / n,
         "invalid_call_rate": sum(s["invalid_calls"] for s in scores) / max(n_calls, 1),
+        "limits": [max_turns, max_tokens],
     }
     # Similarity to the teacher, on the problems that have a teacher reference.
     taught = [(ro, r["teacher"]["tools"]) for ro, r in zip(rollouts, records) if r["teacher"]]
@@ -83,8 +84,8 @@ def evaluate(policy, tokenizer, records: list[dict], k: int = 1, max_turns: int 
         any_solved = [False] * n
         for i in range(0, n, batch_size):
             part = records[i:i + batch_size]
-            sampled = student.rollout(policy, tokenizer, [tasks.prompt(r["question"]) for r in part], tools.schemas(),
-                                      n=k, max_turns=max_turns, max_tokens=max_tokens, seed=seed + i)
+            sampled = student.rollout(policy, tokenizer, [tasks.prompt(r["question"], authors) for r in part],
+                                      tools.schemas(), n=k, max_turns=max_turns, max_tokens=max_tokens, seed=seed + i)
             for j, ro in enumerate(sampled):
                 r = part[j // k]
                 s = reward.score_rollout(ro, r, mode="sparse")

@@ -136,8 +136,8 @@ def checkpoint_dir(path: str) -> str | None:
     return None
 
 
-def load(name_or_path: str | None = None, device: str | torch.device = "cpu",
-         compile: bool = False) -> tuple[AutoModelForCausalLM, Qwen2Tokenizer]:
+def load(name_or_path: str | None = None, device: str | torch.device = "cpu", compile: bool = False,
+         frozen: bool = False) -> tuple[AutoModelForCausalLM, Qwen2Tokenizer]:
     """Load a causal LM and its tokenizer: the tiny default (built at TINY_PATH on first use)
     when `name_or_path` is None, else a run folder written by save(), a folder written by
     save_pretrained, or a hub name. The same code path for all of them.
@@ -146,6 +146,8 @@ def load(name_or_path: str | None = None, device: str | torch.device = "cpu",
     `_autocast`), so AdamW updates at RL learning rates (1e-6) are not lost to bf16 rounding.
     `compile=True` compiles the transformer stack for the training passes (logprobs; worth
     it on GPU); rollouts decode eagerly, since their shapes change at every step.
+    `frozen=True` loads a model that is never trained (RL's reference): no gradients, and
+    on CUDA bf16 weights, half the memory of float32.
     Raises ModelError with one line when the files are missing or unusable, or the device is."""
     try:
         device = torch.device(device)
@@ -159,7 +161,8 @@ def load(name_or_path: str | None = None, device: str | torch.device = "cpu",
         name_or_path = TINY_PATH
     name_or_path = checkpoint_dir(name_or_path) or name_or_path  # a run folder, or a model
     try:
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)
+        dtype = torch.bfloat16 if frozen and device.type == "cuda" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except Exception as e:  # missing, truncated or foreign files raise many kinds of error
         if not os.path.isdir(name_or_path):
@@ -173,9 +176,17 @@ def load(name_or_path: str | None = None, device: str | torch.device = "cpu",
     if tokenizer.pad_token is None:  # harmless: padding is read from attention masks, never from ids
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device).eval()
+    if frozen:
+        model.requires_grad_(False)
     if compile:
         model.model.compile(dynamic=True)
     return model, tokenizer
+
+
+def is_tiny(tokenizer) -> bool:
+    """Whether `tokenizer` is the built-in tiny default's (its own short prompt, no tool
+    schemas), rather than a real model's (the authors' prompt, tools in the template)."""
+    return tokenizer.chat_template == TINY_TEMPLATE
 
 
 def _autocast(model):
@@ -424,15 +435,20 @@ def _forward(model, cache: _TurnCache, ids: torch.Tensor, positions: torch.Tenso
 
 # ------------------------------------------------------------------- sampling one turn
 
-def _pick(logp: torch.Tensor, temperature: float, top_p: float, greedy: bool,
+def _pick(logp: torch.Tensor, top_k: int, top_p: float, greedy: bool,
           generator: torch.Generator | None) -> torch.Tensor:
-    """The next token of each row of float log-probs `logp` [B, V]."""
+    """The next token of each row of log-probs `logp` [B, V] (already divided by the
+    temperature): the argmax, or a sample from the top_k most likely tokens (0: all) and,
+    within those, the smallest set holding top_p of the mass (HF's and vLLM's order)."""
     if greedy:
         return logp.argmax(-1)
-    probs = logp.exp() if temperature == 1.0 else torch.softmax(logp / temperature, dim=-1)
+    if 0 < top_k < logp.shape[-1]:
+        kth = logp.topk(top_k, dim=-1).values[:, -1:]
+        logp = logp.masked_fill(logp < kth, float("-inf"))
+    probs = logp.exp()
     if top_p < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
-        outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # mass before a token already covers top_p
+        outside = sorted_probs.cumsum(-1) - sorted_probs > top_p * sorted_probs.sum(-1, keepdim=True)
         probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
     # Inverse-CDF sampling: one uniform number per row, where torch.multinomial draws one per
     # vocabulary entry (~1.5 ms, over a tenth of the tiny model's decode step at batch 64).
@@ -444,19 +460,27 @@ def _pick(logp: torch.Tensor, temperature: float, top_p: float, greedy: bool,
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=cdf.shape[-1] - 1)
 
 
+def end_ids(model, tokenizer) -> list[int]:
+    """The tokens that end a turn: the tokenizer's EOS and every EOS the model's generation
+    config declares (Qwen2.5-Instruct: <|im_end|> and <|endoftext|>)."""
+    declared = model.generation_config.eos_token_id
+    declared = declared if isinstance(declared, list) else [] if declared is None else [declared]
+    return sorted({tokenizer.eos_token_id, *declared})
+
+
 @torch.inference_mode()
 @torch.compiler.set_stance("force_eager")  # a compiled model decodes eagerly: shapes change every step
-def _sample_turn(model, rows: list[list[int]], n: int, budgets: list[int], eos_id: int, temperature: float,
-                 top_p: float, greedy: bool,
+def _sample_turn(model, rows: list[list[int]], n: int, budgets: list[int], ends: torch.Tensor,
+                 temperature: float, top_k: int, top_p: float, greedy: bool,
                  generator: torch.Generator | None) -> list[tuple[list[int], list[float], bool]]:
     """Sample one assistant turn after each token sequence of `rows`, `n` times each.
 
     Each distinct row is prefilled once (left-padded, explicit positions) and its cache
-    repeated n times. A sample stops at EOS or after its budget (`budgets[i]` tokens for
-    row i); stopped samples leave the batch once they are a quarter of it (each removal
-    copies the cache, so it is batched), and cost nothing afterwards.
+    repeated n times. A sample stops at an end token (`ends`) or after its budget
+    (`budgets[i]` tokens for row i); stopped samples leave the batch once they are a quarter
+    of it (each removal copies the cache, so it is batched), and cost nothing afterwards.
     Returns, row by row with the n samples of a row adjacent: (sampled ids, their log-probs
-    under the plain model distribution, whether the turn ended with EOS)."""
+    under softmax(logits / temperature), whether the turn ended with an end token)."""
     device = model.device
     width = max(len(r) for r in rows)
     ids = torch.zeros(len(rows), width, dtype=torch.long)
@@ -483,14 +507,14 @@ def _sample_turn(model, rows: list[list[int]], n: int, budgets: list[int], eos_i
     live = torch.arange(total, device=device)  # the sample each batch row belongs to
     stopped = torch.zeros(total, dtype=torch.bool, device=device)  # batch rows whose sample is complete
     for t in range(steps):
-        logp = logits.log_softmax(-1)
-        token = _pick(logp, temperature, top_p, greedy, generator)
-        # The log-prob under the plain model (temperature 1, no top-p), whatever we sampled
-        # from: it is what a fresh logprobs() pass gives, i.e. what the RL ratio compares.
+        logp = (logits if greedy else logits / temperature).log_softmax(-1)
+        token = _pick(logp, top_k, top_p, greedy, generator)
+        # The log-prob under softmax(logits / temperature), before top-k and top-p cut it: what
+        # logprobs(temperature=) gives, as the authors' trainer computes it.
         # Stopped rows write past their length too; those entries are cut off below.
         tokens[live, t] = token
         logps[live, t] = logp.gather(1, token[:, None]).squeeze(1)
-        is_eos = token == eos_id
+        is_eos = torch.isin(token, ends)
         stop = ~stopped & (is_eos | (budget[live] <= t + 1))
         lengths[live[stop]] = t + 1
         ended[live[stop]] = is_eos[stop]
@@ -515,7 +539,7 @@ def _sample_turn(model, rows: list[list[int]], n: int, budgets: list[int], eos_i
 class Rollout:
     ids: list[int]          # prompt + everything after (sampled turns and tool-response/template tokens)
     mask: list[int]         # 1 only on sampled tokens
-    logprobs: list[float]   # log-prob at sampling time of sampled tokens (plain model distribution), 0.0 elsewhere
+    logprobs: list[float]   # the sampler's log-prob of each sampled token (softmax(logits / T)), 0.0 elsewhere
     prompt_len: int
     text: str               # the assistant text of all turns (decoded sampled tokens), joined by "\n"
     calls: list[dict]       # every parsed call, in order, each {"name", "arguments", "error", "result"}
@@ -551,11 +575,13 @@ def _assistant_message(text: str, calls: list[dict]) -> dict:
 
 
 def rollout(model, tokenizer, prompts: list[list[dict]], tools: list[dict] | None, n: int = 1,
-            max_turns: int = 5, max_tokens: int = 256, temperature: float = 1.0, top_p: float = 1.0,
-            greedy: bool = False, seed: int | None = None) -> list[Rollout]:
+            max_turns: int = 5, max_tokens: int = 256, temperature: float = 1.0, top_k: int = 0,
+            top_p: float = 1.0, greedy: bool = False, seed: int | None = None) -> list[Rollout]:
     """Sample `n` tool-using conversations per prompt (chat messages, e.g. tasks.prompt(q)).
 
-    Each assistant turn ends at EOS. A turn's tool calls are parsed and run (a malformed call
+    Tokens come from softmax(logits / temperature), cut to the `top_k` most likely (0: no
+    cut) and the `top_p` nucleus, or the argmax when `greedy`. Each assistant turn ends at an
+    end token (end_ids: EOS and the generation config's). A turn's tool calls are parsed and run (a malformed call
     gets its 'error: ...' text back); if turns remain, the results go back through the chat
     template and the model continues. A conversation is finished when a turn ends with EOS
     and holds no tool call; it is cut off (finished=False) when it is out of turns or out of
@@ -564,10 +590,11 @@ def rollout(model, tokenizer, prompts: list[list[dict]], tools: list[dict] | Non
     Later turns re-prefill the continuing conversations (whole sequence, fresh cache):
     simpler than splicing tool-response tokens into ragged caches, and cheap next to decoding.
     Returns len(prompts) * n rollouts, the n samples of each prompt adjacent."""
-    if not greedy and (temperature <= 0 or not 0 < top_p <= 1):
-        raise ValueError("sampling needs temperature > 0 and 0 < top_p <= 1 (greedy=True for argmax)")
+    if not greedy and (temperature <= 0 or not 0 < top_p <= 1 or top_k < 0):
+        raise ValueError("sampling needs temperature > 0, top_k >= 0 and 0 < top_p <= 1 (greedy=True for argmax)")
     generator = None if seed is None else torch.Generator(model.device).manual_seed(seed)
-    eos_id = tokenizer.eos_token_id
+    ends = torch.tensor(end_ids(model, tokenizer), device=model.device)
+    pick = (temperature, top_k, top_p, greedy, generator)
     prompt_ids = [encode(tokenizer, p, tools)[0] for p in prompts]
     runs = [Rollout(ids=list(ids), mask=[0] * len(ids), logprobs=[0.0] * len(ids), prompt_len=len(ids),
                     text="", calls=[], turns=0, finished=False)
@@ -578,10 +605,9 @@ def rollout(model, tokenizer, prompts: list[list[dict]], tools: list[dict] | Non
     for turn in range(max_turns):
         budgets = [max_tokens - (len(runs[i].ids) - runs[i].prompt_len) for i in active]
         if turn == 0:  # the n samples of a prompt share its prefill
-            sampled = _sample_turn(model, prompt_ids, n, budgets[::n], eos_id, temperature, top_p, greedy, generator)
+            sampled = _sample_turn(model, prompt_ids, n, budgets[::n], ends, *pick)
         else:
-            sampled = _sample_turn(model, [runs[i].ids for i in active], 1, budgets, eos_id, temperature, top_p,
-                                   greedy, generator)
+            sampled = _sample_turn(model, [runs[i].ids for i in active], 1, budgets, ends, *pick)
         still = []
         for i, (ids, logps, ended), budget in zip(active, sampled, budgets):
             r = runs[i]
@@ -618,30 +644,32 @@ def rollout(model, tokenizer, prompts: list[list[dict]], tools: list[dict] | Non
 LOGPROB_CHUNK = 256  # positions per lm_head chunk: bounds the [B, chunk, vocab] float32 logits
 
 
-def _chunk_logprobs(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor):
-    """log p(target) and the entropy at each position of a chunk of hidden states."""
-    logits = lm_head(hidden).float()
+def _chunk_logprobs(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float):
+    """log p(target) and the entropy of p at each position of a chunk of hidden states, where
+    p = softmax(logits / temperature)."""
+    logits = lm_head(hidden).float() / temperature
     lse = logits.logsumexp(-1)
     logp = logits.gather(-1, targets[..., None]).squeeze(-1) - lse
-    with torch.no_grad():  # entropy is for logs only
-        entropy = lse - (torch.softmax(logits, -1) * logits).sum(-1)
+    entropy = lse - (torch.softmax(logits, -1) * logits).sum(-1)
     return logp, entropy
 
 
-def logprobs(model, ids: torch.Tensor, attention_mask: torch.Tensor,
+def logprobs(model, ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0,
              with_entropy: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probs of a right-padded batch `ids` [B, T]:
-    out[:, t] = log p(ids[:, t] | ids[:, :t]), out[:, 0] = 0 (and junk where the mask is 0).
+    """Per-token log-probs of a right-padded batch `ids` [B, T] under softmax(logits / temperature),
+    the distribution rollouts sample from: out[:, t] = log p(ids[:, t] | ids[:, :t]),
+    out[:, 0] = 0 (and junk where the mask is 0).
 
     The vocabulary projection runs in chunks of positions (recomputed in the backward pass
     when gradients are on), so the full [B, T, vocab] float32 logits never exist at once.
-    Gradients flow. With `with_entropy`, also the per-token entropy (no gradient)."""
+    Gradients flow. With `with_entropy`, also the per-token entropy (gradients flow too: the
+    entropy bonus of the loss)."""
     with _autocast(model):
         hidden = model.model(input_ids=ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         logps, entropies = [], []
         for s in range(0, ids.shape[1] - 1, LOGPROB_CHUNK):  # hidden state at t predicts token t + 1
             e = min(s + LOGPROB_CHUNK, ids.shape[1] - 1)
-            args = (model.lm_head, hidden[:, s:e], ids[:, s + 1:e + 1])
+            args = (model.lm_head, hidden[:, s:e], ids[:, s + 1:e + 1], temperature)
             if torch.is_grad_enabled():
                 logp, entropy = torch.utils.checkpoint.checkpoint(_chunk_logprobs, *args, use_reentrant=False)
             else:

@@ -1,12 +1,13 @@
 """The hand-written GRPO loop: `python rl.py` is the project's main job.
 
-    python rl.py                                 # tiny default, offline: data, warm start, MENTOR GRPO
-    python rl.py --reward sparse                 # the same, with the outcome-only reward
-    python rl.py --model Qwen/Qwen2.5-0.5B-Instruct   # one GPU, a real model
+    python rl.py                                      # tiny default, offline: data, warm start, MENTOR GRPO
+    python rl.py --reward sparse                      # the same, with the outcome-only reward
+    python rl.py --model Qwen/Qwen2.5-1.5B-Instruct   # one GPU, a real model, the authors' recipe
 
 Each step: sample problems -> roll each out G times with the tools -> score every rollout
 against the answer and the teacher's tool calls (reward.py) -> group-normalised advantages
--> clipped policy loss + kl_coef * KL to the frozen starting policy -> AdamW step.
+-> PPO updates on mini-batches of whole groups: clipped policy loss + k3 KL to the frozen
+starting policy - entropy bonus -> AdamW.
 """
 import argparse
 import json
@@ -26,37 +27,61 @@ import sft
 import teacher
 import tools
 
-# Defaults that depend on the model size, in one place. The tiny student is trained from
-# scratch, so it takes much larger steps than a pretrained model (the authors use 1e-6).
+# Defaults that depend on the model, side by side. "real" is the authors' recipe (their verl
+# run of Qwen2.5-7B-Instruct) where one GPU allows it; the README lists where it differs.
+# "tiny" is the built-in student, trained from scratch: larger steps, plain sampling.
 PROFILES = {
-    "tiny": dict(steps=60, prompts=16, lr=1e-4, max_tokens=160, eval_every=20, eval_limit=100),
-    "real": dict(steps=200, prompts=8, lr=1e-6, max_tokens=1024, eval_every=50, eval_limit=200),
+    "tiny": dict(steps=60, prompts=16, group=8, minibatch=8, micro_batch=64, max_tokens=256,
+                 temperature=1.0, top_k=0, top_p=1.0,
+                 lr=1e-4, warmup=10, lr_schedule="cosine", beta2=0.99, weight_decay=0.0, entropy_coef=0.0,
+                 eval_every=20, eval_limit=100),
+    "real": dict(steps=200, prompts=32, group=10, minibatch=8, micro_batch=4, max_tokens=2048,
+                 temperature=0.6, top_k=20, top_p=0.99,
+                 lr=1e-6, warmup=0, lr_schedule="constant", beta2=0.999, weight_decay=0.01, entropy_coef=0.001,
+                 eval_every=50, eval_limit=200),
 }
 WARM_START = ["--limit", "400", "--steps", "350", "--eval-every", "0"]  # sft.py flags of the tiny warm start
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (sys.argv when `argv` is None), profile defaults filled in; bad
+    values exit through ap.error with one line."""
     ap = argparse.ArgumentParser(description="GRPO with the MENTOR reward (or a baseline reward).")
+    # what to train, from where, on what
     ap.add_argument("--model", default=None, help="HF model name or path (default: the built-in tiny student)")
     ap.add_argument("--init", default=None, help="checkpoint to start from (default: --model, or the tiny warm start)")
     ap.add_argument("--reward", default="mentor", choices=reward.MODES)
     ap.add_argument("--data", default="data")
     ap.add_argument("--out", default=None, help="run folder (default: runs/rl-REWARD)")
+    # rollouts
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--prompts", type=int, default=None, help="problems per step")
-    ap.add_argument("--group", type=int, default=8, help="rollouts per problem (G)")
+    ap.add_argument("--group", type=int, default=None, help="rollouts per problem (G)")
+    ap.add_argument("--max-turns", type=int, default=5)
+    ap.add_argument("--max-tokens", type=int, default=None, help="tokens per rollout after the prompt")
+    ap.add_argument("--temperature", type=float, default=None)
+    ap.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens (0: all)")
+    ap.add_argument("--top-p", type=float, default=None)
+    ap.add_argument("--rollout-batch", type=int, default=None,
+                    help="problems per rollout call (default: all of a step; fewer saves KV memory)")
+    # the update
+    ap.add_argument("--minibatch", type=int, default=None,
+                    help="problems (whole groups) per optimizer update: a step makes prompts / minibatch updates")
+    ap.add_argument("--micro-batch", type=int, default=None,
+                    help="rollouts per forward/backward; gradients accumulate, so it changes memory, not the result")
     ap.add_argument("--ppo-epochs", type=int, default=1)
-    ap.add_argument("--minibatch", type=int, default=64, help="rollouts per optimizer step")
     ap.add_argument("--lr", type=float, default=None)
-    ap.add_argument("--warmup", type=int, default=10,
-                    help="steps of linear lr warm-up (Adam's first steps move every weight by ~lr), "
-                         "then cosine decay to 10%% of --lr")
+    ap.add_argument("--warmup", type=int, default=None, help="steps of linear lr warm-up")
+    ap.add_argument("--lr-schedule", choices=["cosine", "constant"], default=None,
+                    help="after the warm-up: cosine decay to 10%% of --lr, or constant")
+    ap.add_argument("--beta2", type=float, default=None, help="AdamW's second-moment decay (beta1 is 0.9)")
+    ap.add_argument("--weight-decay", type=float, default=None)
     ap.add_argument("--kl-coef", type=float, default=0.001)
+    ap.add_argument("--entropy-coef", type=float, default=None)
     ap.add_argument("--clip-low", type=float, default=0.2)
     ap.add_argument("--clip-high", type=float, default=0.2)
-    ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--max-turns", type=int, default=5)
-    ap.add_argument("--max-tokens", type=int, default=None, help="token budget per rollout after the prompt")
+    ap.add_argument("--dual-clip", type=float, default=3.0, help="bound on the loss of negative advantages (c)")
+    # evaluation, checkpoints, hardware
     ap.add_argument("--eval-every", type=int, default=None)
     ap.add_argument("--eval-limit", type=int, default=None, help="problems per split in periodic evaluations")
     ap.add_argument("--save-every", type=int, default=50)
@@ -69,14 +94,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in PROFILES["tiny" if args.model is None else "real"].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    args.rollout_batch = args.rollout_batch or args.prompts
     if args.group < 2:
         ap.error("--group must be at least 2 (GRPO compares samples within a group)")
-    if min(args.steps, args.prompts, args.minibatch, args.ppo_epochs, args.max_turns, args.max_tokens, args.save_every,
-           args.eval_limit) < 1 or args.lr <= 0 or args.temperature <= 0:
-        ap.error("--steps, --prompts, --minibatch, --ppo-epochs, --max-turns, --max-tokens, --save-every, "
-                 "--eval-limit, --lr and --temperature must be positive")
-    if min(args.warmup, args.eval_every, args.kl_coef, args.clip_low, args.clip_high) < 0:
-        ap.error("--warmup, --eval-every, --kl-coef, --clip-low and --clip-high cannot be negative")
+    if min(args.steps, args.prompts, args.minibatch, args.micro_batch, args.rollout_batch, args.ppo_epochs,
+           args.max_turns, args.max_tokens, args.save_every, args.eval_limit) < 1 or min(args.lr, args.temperature) <= 0:
+        ap.error("--steps, --prompts, --minibatch, --micro-batch, --rollout-batch, --ppo-epochs, --max-turns, "
+                 "--max-tokens, --save-every, --eval-limit, --lr and --temperature must be positive")
+    if min(args.warmup, args.eval_every, args.kl_coef, args.entropy_coef, args.clip_low, args.clip_high,
+           args.top_k, args.weight_decay) < 0:
+        ap.error("--warmup, --eval-every, --kl-coef, --entropy-coef, --clip-low, --clip-high, --top-k and "
+                 "--weight-decay cannot be negative")
+    if not 0 < args.top_p <= 1 or not 0 <= args.beta2 < 1 or args.dual_clip <= 1:
+        ap.error("--top-p must be in (0, 1], --beta2 in [0, 1) and --dual-clip above 1")
+    if args.prompts % args.minibatch:
+        ap.error(f"--prompts ({args.prompts}) must be a multiple of --minibatch ({args.minibatch})")
     args.out = args.out or f"runs/rl-{args.reward}"
     return args
 
@@ -94,36 +126,52 @@ def grpo_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -
     return adv.masked_fill((r == r[:, :1]).all(1, keepdim=True), 0.0).view(-1)
 
 
-def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                clip_low: float = 0.2, clip_high: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
-    """The PPO clipped surrogate. logp, old_logp, mask: [B, T]; advantages: [B], one per sequence.
-    Returns (loss averaged over all unmasked tokens of the batch, fraction of those tokens clipped)."""
-    ratio = torch.exp(logp - old_logp)
+def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip_low: float = 0.2,
+                clip_high: float = 0.2, dual_clip: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The PPO clipped surrogate with dual clip, per token. logp, old_logp: [B, T];
+    advantages: [B], one per sequence (every token of a rollout shares its group-relative
+    advantage). Returns (loss [B, T], clipped [B, T]: 1.0 where the ratio's clip was active).
+
+    The clip keeps an update from moving a token's probability far from the policy that
+    sampled it; the dual clip (verl's clip_ratio_c) also bounds the loss of a negative
+    advantage by -c * A, so one token whose ratio exploded cannot dominate the batch."""
+    ratio = torch.exp((logp - old_logp).clamp(-20, 20))
     adv = advantages[:, None]
-    unclipped, clipped = ratio * adv, ratio.clamp(1 - clip_low, 1 + clip_high) * adv
-    n = mask.sum().clamp(min=1)
-    loss = -(torch.minimum(unclipped, clipped) * mask).sum() / n
-    clip_frac = ((clipped < unclipped).float() * mask).sum() / n
-    return loss, clip_frac
+    unclipped, clipped = -adv * ratio, -adv * ratio.clamp(1 - clip_low, 1 + clip_high)
+    loss = torch.maximum(unclipped, clipped)
+    loss = torch.where(adv < 0, torch.minimum(loss, -adv * dual_clip), loss)
+    return loss, (clipped > unclipped).float()
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Per-token KL(policy || reference), the low-variance "k3" estimator, clamped to [-10, 10]."""
+    """Per-token KL(policy || reference), the "k3" estimator exp(d) - d - 1 with
+    d = log ref - log policy, clamped to [-10, 10]: unbiased, always >= 0, and of low variance
+    where the two policies are close (verl's low_var_kl)."""
     d = ref_logp - logp
     return (torch.exp(d) - d - 1).clamp(-10, 10)
 
 
+def token_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum()
+
+
 # ------------------------------------------------------------------------------ the loop
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum() / mask.sum().clamp(min=1)
-
-
-def batched_logprobs(policy, data: dict, size: int) -> torch.Tensor:
-    """logprobs() of the whole batch, `size` rows at a time, without gradients."""
+def batched_logprobs(policy, data: dict, rows: torch.Tensor, size: int, temperature: float) -> torch.Tensor:
+    """logprobs() of the batch rows `rows`, `size` at a time, without gradients, padded to
+    the batch's width."""
+    out = torch.zeros(len(rows), data["ids"].shape[1], device=data["ids"].device)
     with torch.no_grad():
-        return torch.cat([student.logprobs(policy, data["ids"][i:i + size], data["attention_mask"][i:i + size])
-                          for i in range(0, len(data["ids"]), size)])
+        for i in range(0, len(rows), size):
+            ids, attention = trim(data, rows[i:i + size])
+            out[i:i + size, :ids.shape[1]] = student.logprobs(policy, ids, attention, temperature)
+    return out
+
+
+def trim(data: dict, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ids and attention mask of batch rows `rows`, cut to their own longest sequence."""
+    width = int(data["attention_mask"][rows].sum(1).max())
+    return data["ids"][rows, :width], data["attention_mask"][rows, :width]
 
 
 def warm_start(args: argparse.Namespace) -> str:
@@ -138,16 +186,19 @@ def warm_start(args: argparse.Namespace) -> str:
     return warm.out
 
 
-def starting_eval(init: str, policy, tokenizer, splits: dict) -> dict:
+def starting_eval(init: str, policy, tokenizer, splits: dict, args: argparse.Namespace) -> dict:
     """The starting policy's test results: its run folder's eval.json when it has one on
-    these very problems (a warm start shared by several runs is evaluated once), else evaluated now."""
+    these very problems and limits (a warm start shared by several runs is evaluated once),
+    else evaluated now."""
     path = os.path.join(init, "eval.json")
     if os.path.isfile(path):
         with open(path) as f:
             saved = json.load(f)
-        if all(saved.get(name, {}).get("data") == evaluate.fingerprint(recs) for name, recs in splits.items()):
+        wanted = [args.max_turns, args.max_tokens]
+        if all(saved.get(name, {}).get("data") == evaluate.fingerprint(recs) and saved[name].get("limits") == wanted
+               for name, recs in splits.items()):
             return saved
-    return sft.evaluate_splits(policy, tokenizer, splits, None)
+    return sft.evaluate_splits(policy, tokenizer, splits, None, args.max_turns, args.max_tokens)
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -160,6 +211,9 @@ def train(args: argparse.Namespace) -> dict:
               for name, split in (("ID", "test_id"), ("OOD", "test_ood"))}
     if len(train_set) < args.prompts:
         raise teacher.DataError(f"{paths['train']}: {len(train_set)} problems, fewer than --prompts {args.prompts}")
+
+    # The policy, the frozen reference (the starting point) and the optimizer; a resume
+    # restores the step, the optimizer and the random state, so it continues as if never stopped.
     state = None
     if args.resume:
         ckpt = student.checkpoint_dir(args.out)
@@ -171,17 +225,16 @@ def train(args: argparse.Namespace) -> dict:
                                      "resume it with the same")
     init = state["init"] if state else warm_start(args)
     policy, tokenizer = student.load(args.out if args.resume else init, device=args.device, compile=args.compile)
-    ref, _ = student.load(init, device=args.device)  # the frozen starting policy, also after a resume
-    ref.requires_grad_(False).eval()
+    ref, _ = student.load(init, device=args.device, frozen=True)
     if args.grad_ckpt:
         policy.activation_checkpointing_enable()  # transformers 5 name of gradient checkpointing
-    opt = torch.optim.AdamW(policy.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    opt = torch.optim.AdamW(policy.parameters(), lr=args.lr, betas=(0.9, args.beta2), weight_decay=args.weight_decay)
     start = 0
     if state:
         opt.load_state_dict(state["optimizer"])
         start = state["step"]
         random.setstate(state["python_rng"])
-        torch.set_rng_state(state["torch_rng"])  # the mini-batch shuffles, as in an uninterrupted run
+        torch.set_rng_state(state["torch_rng"])
     os.makedirs(args.out, exist_ok=True)
     evaluate.write_json(os.path.join(args.out, "args.json"), vars(args))
     metrics = os.path.join(args.out, "metrics.jsonl")
@@ -190,70 +243,91 @@ def train(args: argparse.Namespace) -> dict:
             rows = [line for line in f if line.endswith("\n") and json.loads(line)["step"] <= start]
         teacher.write_atomic(metrics, "".join(rows))
     log = open(metrics, "a" if state else "w")
-    before = state["before"] if state else starting_eval(init, policy, tokenizer, splits)
-    G, pad = args.group, tokenizer.pad_token_id
+    before = state["before"] if state else starting_eval(init, policy, tokenizer, splits, args)
+    authors = not student.is_tiny(tokenizer)
+    G, T = args.group, args.temperature
+    updates = args.prompts // args.minibatch * args.ppo_epochs
 
     bar = tqdm(range(start, args.steps), desc=f"rl {args.reward}", initial=start, total=args.steps)
     for step in bar:
         t0 = time.time()
-        for group in opt.param_groups:  # warm-up, then a cosine decay so late steps drift less
-            group["lr"] = sft.lr_at(step, args)
+        lr = sft.lr_at(step, args.lr, args.warmup, args.steps, args.lr_schedule)
+        for group in opt.param_groups:
+            group["lr"] = lr
+
         # 1. Roll out G conversations per problem with the current policy.
         problems = random.sample(train_set, args.prompts)
         policy.eval()
-        with torch.no_grad():  # rollout and logprobs run under bf16 autocast on CUDA themselves
-            rollouts = student.rollout(policy, tokenizer, [tasks.prompt(p["question"]) for p in problems],
-                                       tools.schemas(), n=G, max_turns=args.max_turns, max_tokens=args.max_tokens,
-                                       temperature=args.temperature, seed=args.seed * 1_000_003 + step)
+        rollouts = []
+        for i in range(0, args.prompts, args.rollout_batch):
+            rollouts += student.rollout(
+                policy, tokenizer, [tasks.prompt(p["question"], authors) for p in problems[i:i + args.rollout_batch]],
+                tools.schemas(), n=G, max_turns=args.max_turns, max_tokens=args.max_tokens, temperature=T,
+                top_k=args.top_k, top_p=args.top_p, seed=args.seed * 1_000_003 + step * 1009 + i)
         t_roll = time.time()
-        # 2. Score each rollout against its problem's answer and teacher trajectory.
-        scores = [reward.score_rollout(r, p, args.reward)
-                  for r, p in zip(rollouts, [p for p in problems for _ in range(G)])]
+
+        # 2. Score each rollout; its advantage is how much better it did than its group's mean.
+        scores = [reward.score_rollout(r, p, args.reward) for r, p in zip(rollouts, [p for p in problems for _ in range(G)])]
         rewards = torch.tensor([s["reward"] for s in scores])
-        adv = grpo_advantages(rewards, G)
-        data = {k: v.to(args.device) for k, v in student.collate(rollouts, pad).items()}
-        ref_logp = batched_logprobs(ref, data, args.minibatch)
-        # 3. Clipped policy-gradient updates on mini-batches, KL to the reference as a loss term.
+        adv = grpo_advantages(rewards, G).to(args.device)
+        data = {k: v.to(args.device) for k, v in student.collate(rollouts, tokenizer.pad_token_id).items()}
+        mask = data["loss_mask"]  # 1 on sampled tokens only: never on the prompt or the tool results
+
+        # 3. Log-probs of the reference, and of the policy before this step's updates (the
+        # "old" policy of the PPO ratio). With a single update the ratio's old side is the
+        # update's own forward, detached; with several, a no-grad pass of the same training
+        # forward (not the sampler's numbers: its fast decode differs in the last bits).
+        every = torch.arange(len(rollouts), device=args.device)
+        ref_logp = batched_logprobs(ref, data, every, args.micro_batch, T)
         policy.train()
-        adv = adv.to(args.device)
-        stats = {"loss": [], "kl": [], "entropy": [], "clip_frac": [], "grad_norm": []}
+        old_logp = None if updates == 1 else batched_logprobs(policy, data, every, args.micro_batch, T)
+
+        # 4. PPO updates: mini-batches of whole groups; each loss is a token mean over the
+        # whole mini-batch (long rollouts weigh more, as in the authors' token-mean), built from
+        # micro-batches whose gradients add up to exactly the mini-batch's.
+        stats = {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_frac": 0.0, "logprob_gap": 0.0}
+        grad_norms, skipped = [], 0
         for epoch in range(args.ppo_epochs):
-            for idx in torch.randperm(len(rollouts)).split(args.minibatch):
-                idx = idx.to(args.device)
-                mask = data["loss_mask"][idx]
-                logp, entropy = student.logprobs(policy, data["ids"][idx], data["attention_mask"][idx], with_entropy=True)
-                pg, clip_frac = policy_loss(logp.float(), data["old_logprobs"][idx], adv[idx], mask,
-                                            args.clip_low, args.clip_high)
-                kl = masked_mean(kl_penalty(logp.float(), ref_logp[idx].float()), mask)
-                loss = pg + args.kl_coef * kl
-                if not torch.isfinite(loss):
-                    tqdm.write(f"step {step + 1}: non-finite loss ({loss.item()}), update skipped")
-                    continue
+            for groups in torch.randperm(args.prompts).split(args.minibatch):
+                rows = (groups[:, None] * G + torch.arange(G)).flatten().to(args.device)
+                n_tokens = mask[rows].sum().clamp(min=1)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                for micro in rows.split(args.micro_batch):
+                    ids, attention = trim(data, micro)
+                    width, m = ids.shape[1], mask[micro, :ids.shape[1]]
+                    logp, entropy = student.logprobs(policy, ids, attention, T, with_entropy=True)
+                    old = logp.detach() if old_logp is None else old_logp[micro, :width]
+                    pg, clipped = policy_loss(logp, old, adv[micro], args.clip_low, args.clip_high, args.dual_clip)
+                    kl = kl_penalty(logp, ref_logp[micro, :width])
+                    loss = token_sum(pg + args.kl_coef * kl - args.entropy_coef * entropy, m) / n_tokens
+                    loss.backward()
+                    for key, value in [("loss", loss * n_tokens), ("pg_loss", token_sum(pg, m)), ("kl", token_sum(kl, m)),
+                                       ("entropy", token_sum(entropy, m)), ("clip_frac", token_sum(clipped, m)),
+                                       ("logprob_gap", token_sum((old - data["old_logprobs"][micro, :width]).abs(), m))]:
+                        stats[key] += value.item()
                 grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-                if not torch.isfinite(grad_norm):
+                if not torch.isfinite(grad_norm):  # a NaN or inf anywhere: skip rather than wreck the weights
                     tqdm.write(f"step {step + 1}: non-finite gradient, update skipped")
+                    skipped += 1
                     continue
                 opt.step()
-                for key, value in [("loss", loss), ("kl", kl), ("entropy", masked_mean(entropy.float(), mask)),
-                                   ("clip_frac", clip_frac), ("grad_norm", grad_norm)]:
-                    stats[key].append(value.item())
+                grad_norms.append(grad_norm.item())
 
-        # 4. Log what happened; evaluate and save now and then.
-        sampled = sum(sum(r.mask) for r in rollouts)
-        spread = rewards.view(-1, G)
+        # 5. Log what happened; evaluate and save now and then.
+        sampled = mask.sum().item()
         row = {"step": step + 1, "reward": rewards.mean().item(), "reward_std": rewards.std().item(),
                **{k: sum(float(s[k]) for s in scores) / len(scores)
                   for k in ("correct", "tool_match", "invalid_calls", "has_answer", "finished", "calls")},
-               "zero_var_groups": (spread.std(1) == 0).float().mean().item(),
+               "zero_var_groups": (rewards.view(-1, G).std(1) == 0).float().mean().item(),
                "invalid_call_rate": sum(s["invalid_calls"] for s in scores) / max(1, sum(s["calls"] for s in scores)),
-               "truncated": 1 - sum(r.finished for r in rollouts) / len(rollouts),
                "response_tokens": sampled / len(rollouts),
-               **{k: (sum(v) / len(v) if v else float("nan")) for k, v in stats.items()},
-               "lr": opt.param_groups[0]["lr"], "rollout_time": t_roll - t0, "step_time": time.time() - t0, "tokens_per_s": sampled / (t_roll - t0)}
+               **{k: v / (sampled * args.ppo_epochs) for k, v in stats.items()},
+               "grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else float("nan"),
+               "skipped_updates": skipped, "lr": lr,
+               "rollout_time": t_roll - t0, "step_time": time.time() - t0, "tokens_per_s": sampled / (t_roll - t0)}
         if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
-            for name, m in sft.evaluate_splits(policy, tokenizer, splits, args.eval_limit).items():
+            for name, m in sft.evaluate_splits(policy, tokenizer, splits, args.eval_limit, args.max_turns,
+                                               args.max_tokens).items():
                 row[f"{name}_accuracy"] = m["accuracy"]
         log.write(json.dumps(row) + "\n")
         log.flush()
@@ -263,7 +337,7 @@ def train(args: argparse.Namespace) -> dict:
                 "step": step + 1, "optimizer": opt.state_dict(), "python_rng": random.getstate(),
                 "torch_rng": torch.get_rng_state(), "init": init, "reward": args.reward, "before": before})
 
-    after = sft.evaluate_splits(policy, tokenizer, splits, None)
+    after = sft.evaluate_splits(policy, tokenizer, splits, None, args.max_turns, args.max_tokens)
     evaluate.write_json(os.path.join(args.out, "eval.json"), after)
     log.close()
     print(evaluate.table({f"before ({init})": before, f"after ({args.out})": after}))

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 import evaluate
 import model as student
+import tasks
 import teacher
 import tools
 
@@ -56,12 +57,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def lr_at(step: int, args: argparse.Namespace) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak."""
-    if step < args.warmup:
-        return args.lr * (step + 1) / args.warmup
-    progress = (step - args.warmup) / max(1, args.steps - args.warmup)
-    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+def lr_at(step: int, peak: float, warmup: int, steps: int, schedule: str = "cosine") -> float:
+    """The learning rate of `step` (0-based): a linear warm-up over `warmup` steps, then
+    constant, or a cosine decay to 10% of `peak` at `steps`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    if schedule == "constant":
+        return peak
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def batch(examples: list[tuple[list[int], list[int]]], pad_id: int, device) -> tuple[torch.Tensor, ...]:
@@ -75,13 +79,23 @@ def batch(examples: list[tuple[list[int], list[int]]], pad_id: int, device) -> t
     return ids.to(device), attn.to(device), mask.to(device)
 
 
-def evaluate_splits(policy, tokenizer, splits: dict[str, list[dict]], limit: int | None) -> dict[str, dict]:
+def evaluate_splits(policy, tokenizer, splits: dict[str, list[dict]], limit: int | None, max_turns: int = 5,
+                    max_tokens: int = 256) -> dict[str, dict]:
     """Greedy accuracy and friends on each test split (the first `limit` problems)."""
     policy.eval()
     with torch.no_grad():
-        out = {name: evaluate.evaluate(policy, tokenizer, recs[:limit]) for name, recs in splits.items()}
+        out = {name: evaluate.evaluate(policy, tokenizer, recs[:limit], max_turns=max_turns, max_tokens=max_tokens)
+               for name, recs in splits.items()}
     policy.train()
     return out
+
+
+def conversation(record: dict, authors: bool) -> list[dict]:
+    """The teacher's trajectory behind the student's own prompt (tasks.prompt), so SFT trains
+    on the very prompt that rollouts and evaluations start from."""
+    messages = record["teacher"]["messages"]
+    first = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return tasks.prompt(record["question"], authors) + messages[first:]
 
 
 def train(args: argparse.Namespace) -> dict[str, dict]:
@@ -94,7 +108,8 @@ def train(args: argparse.Namespace) -> dict[str, dict]:
     splits = {name: teacher.load_records(paths[split], need_teacher=False)
               for name, split in (("ID", "test_id"), ("OOD", "test_ood"))}
     policy, tokenizer = student.load(args.model, device=args.device, compile=args.compile)
-    examples = [student.encode(tokenizer, r["teacher"]["messages"], tools.schemas()) for r in records]
+    authors = not student.is_tiny(tokenizer)
+    examples = [student.encode(tokenizer, conversation(r, authors), tools.schemas()) for r in records]
     os.makedirs(args.out, exist_ok=True)
     evaluate.write_json(os.path.join(args.out, "args.json"), vars(args))
     log = open(os.path.join(args.out, "metrics.jsonl"), "w")
@@ -107,8 +122,9 @@ def train(args: argparse.Namespace) -> dict[str, dict]:
     bar = tqdm(range(args.steps), desc="sft")
     for step in bar:
         t0 = time.time()
+        lr = lr_at(step, args.lr, args.warmup, args.steps)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, args)
+            group["lr"] = lr
         picks = torch.randint(len(examples), (args.batch_size,), generator=gen).tolist()
         ids, attn, mask = batch([examples[i] for i in picks], tokenizer.pad_token_id, args.device)
         logp = student.logprobs(policy, ids, attn)  # bf16 autocast on CUDA inside
@@ -117,7 +133,7 @@ def train(args: argparse.Namespace) -> dict[str, dict]:
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
         opt.step()
-        row = {"step": step + 1, "loss": loss.item(), "grad_norm": grad_norm.item(), "lr": lr_at(step, args),
+        row = {"step": step + 1, "loss": loss.item(), "grad_norm": grad_norm.item(), "lr": lr,
                "step_time": time.time() - t0}
         if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
             for name, m in evaluate_splits(policy, tokenizer, splits, args.eval_limit).items():

@@ -27,10 +27,16 @@ from dataclasses import dataclass, field
 import tools
 
 SYSTEM_PROMPT = "Solve the problem with the tools. Put the final answer in \\boxed{}."
+# The authors' prompt (their verl data): one user turn, no system message; the chat template
+# lists the tools.
+AUTHORS_PROMPT = "Question: {}\n\nIf you have got the answer, enclose it within \\boxed{{}} with latex format."
 
 
-def prompt(question: str) -> list[dict]:
-    """The chat messages the student (and the teacher) start from."""
+def prompt(question: str, authors: bool = False) -> list[dict]:
+    """The chat messages a student (and the teacher) start from: the tiny student's short
+    system prompt and the question, or, for real models (`authors`), the authors' prompt."""
+    if authors:
+        return [{"role": "user", "content": AUTHORS_PROMPT.format(question)}]
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}]
 
 

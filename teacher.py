@@ -91,11 +91,12 @@ def llm_records(model_path: str, problems: list[tasks.Problem], samples: int, se
     import model as student  # imported here: the scripted teacher needs no torch model
 
     policy, tokenizer = student.load(model_path, device)
+    authors = not student.is_tiny(tokenizer)
     kept = []
     with tqdm(total=len(problems), desc="teacher", unit="problem") as bar:
         for start in range(0, len(problems), batch):
             chunk = problems[start:start + batch]
-            prompts = [tasks.prompt(p.question) for p in chunk]
+            prompts = [tasks.prompt(p.question, authors) for p in chunk]
             rollouts = student.rollout(policy, tokenizer, prompts, tools.schemas(), n=samples,
                                        seed=seed + start, temperature=0.7)
             for i, problem in enumerate(chunk):

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from rl import grpo_advantages, kl_penalty, policy_loss
+from rl import grpo_advantages, kl_penalty, policy_loss, token_sum
 
 
 def test_advantages_normalise_each_group_with_unbiased_std():
@@ -34,37 +34,38 @@ def test_a_group_of_equal_rewards_gets_exactly_zero(value):
     assert adv[8:].tolist() == pytest.approx(((r - r.mean()) / (r.std() + 1e-6)).tolist(), rel=1e-5)
 
 
-def test_policy_loss_unclipped_is_minus_ratio_times_advantage_token_mean():
+def test_policy_loss_unclipped_is_minus_ratio_times_advantage_per_token():
     logp = torch.log(torch.tensor([[1.1, 0.9, 1.0]]))
-    old = torch.zeros(1, 3)
+    loss, clipped = policy_loss(logp, torch.zeros(1, 3), torch.tensor([2.0]))
+    assert loss[0].tolist() == pytest.approx([-1.1 * 2, -0.9 * 2, -1.0 * 2])
+    assert clipped.sum().item() == 0.0
     mask = torch.tensor([[1.0, 1.0, 0.0]])
-    loss, clip = policy_loss(logp, old, torch.tensor([2.0]), mask)
-    assert loss.item() == pytest.approx(-(1.1 * 2 + 0.9 * 2) / 2)  # the masked third token is ignored
-    assert clip.item() == 0.0
+    assert token_sum(loss, mask).item() == pytest.approx(-(1.1 * 2 + 0.9 * 2))  # the masked token is left out
 
 
 def test_policy_loss_clips_on_both_sides():
     old = torch.zeros(2, 1)
     logp = torch.log(torch.tensor([[1.5], [0.5]]))
-    mask = torch.ones(2, 1)
     # positive advantage, ratio 1.5 -> clipped to 1.2; negative advantage, ratio 0.5 -> clipped to 0.8
-    loss, clip = policy_loss(logp, old, torch.tensor([1.0, -1.0]), mask, clip_low=0.2, clip_high=0.2)
-    assert loss.item() == pytest.approx(-(1.2 * 1 + 0.8 * -1) / 2)
-    assert clip.item() == 1.0
+    loss, clipped = policy_loss(logp, old, torch.tensor([1.0, -1.0]), clip_low=0.2, clip_high=0.2)
+    assert loss.flatten().tolist() == pytest.approx([-1.2 * 1, -0.8 * -1])
+    assert clipped.flatten().tolist() == [1.0, 1.0]
     # the pessimistic side is not clipped: positive advantage with a low ratio keeps its ratio
-    loss, clip = policy_loss(logp, old, torch.tensor([-1.0, 1.0]), mask)
-    assert loss.item() == pytest.approx(-(1.5 * -1 + 0.5 * 1) / 2)
-    assert clip.item() == 0.0
+    loss, clipped = policy_loss(logp, old, torch.tensor([-1.0, 1.0]))
+    assert loss.flatten().tolist() == pytest.approx([-1.5 * -1, -0.5 * 1])
+    assert clipped.sum().item() == 0.0
     # asymmetric bounds
-    loss, _ = policy_loss(logp, old, torch.tensor([1.0, -1.0]), mask, clip_low=0.1, clip_high=0.3)
-    assert loss.item() == pytest.approx(-(1.3 * 1 + 0.9 * -1) / 2)
+    loss, _ = policy_loss(logp, old, torch.tensor([1.0, -1.0]), clip_low=0.1, clip_high=0.3)
+    assert loss.flatten().tolist() == pytest.approx([-1.3 * 1, -0.9 * -1])
 
 
-def test_policy_loss_token_mean_weighs_long_sequences_more():
-    logp = torch.zeros(2, 3)
-    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
-    loss, _ = policy_loss(logp, torch.zeros(2, 3), torch.tensor([1.0, -1.0]), mask)
-    assert loss.item() == pytest.approx(-(3 * 1 + 1 * -1) / 4)
+def test_dual_clip_bounds_the_loss_of_a_negative_advantage():
+    old = torch.zeros(3, 1)
+    logp = torch.log(torch.tensor([[5.0], [2.0], [5.0]]))
+    loss, _ = policy_loss(logp, old, torch.tensor([-0.5, -0.5, 0.5]), dual_clip=3.0)
+    # ratio 5, A < 0: max(5 * 0.5, 1.2 * 0.5) = 2.5, bounded by 3 * 0.5 = 1.5
+    # ratio 2, A < 0: 2 * 0.5 = 1.0, under the bound; ratio 5, A > 0: clipped to -1.2 * 0.5, no dual clip
+    assert loss.flatten().tolist() == pytest.approx([1.5, 1.0, -0.6])
 
 
 def test_kl_k3_values_and_clamp():

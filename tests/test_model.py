@@ -265,17 +265,50 @@ def test_rollout_logprobs_equal_a_fresh_logprobs_pass(trained, lean, monkeypatch
         monkeypatch.setattr(model, "_lean_ok", lambda m: False)
     # Sampling at temperature 1.5 and top-p makes some samples stray from the learnt turns:
     # varied lengths, left padding, tool responses, several turns, re-prefilled caches.
+    # The sampler's log-probs are those of softmax(logits / 1.5), before top-k and top-p.
     runs = model.rollout(policy, tok, [CONV_ADD[:2], CONV_BAD[:2]], ADD, n=4, max_tokens=60,
-                         temperature=1.5, top_p=0.95, seed=1)
+                         temperature=1.5, top_k=50, top_p=0.95, seed=1)
     assert len({len(r.ids) for r in runs}) > 1 and any(r.turns > 1 for r in runs)
     for r in runs:
         assert len(r.ids) == len(r.mask) == len(r.logprobs)
         assert all(lp == 0.0 for lp, m in zip(r.logprobs, r.mask) if not m)
     batch = model.collate(runs, tok.pad_token_id)
     with torch.no_grad():
-        fresh = model.logprobs(policy, batch["ids"], batch["attention_mask"])
+        fresh = model.logprobs(policy, batch["ids"], batch["attention_mask"], temperature=1.5)
+        plain = model.logprobs(policy, batch["ids"], batch["attention_mask"])
     mask = batch["loss_mask"].bool()
     assert torch.allclose(fresh[mask], batch["old_logprobs"][mask], atol=1e-4)
+    assert not torch.allclose(plain[mask], batch["old_logprobs"][mask], atol=1e-2)
+
+
+def test_top_k_and_top_p_sample_only_what_they_keep():
+    logp = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log().repeat(40000, 1)
+    generator = torch.Generator().manual_seed(0)
+
+    def shares(top_k, top_p):
+        return torch.bincount(model._pick(logp, top_k, top_p, False, generator), minlength=4) / len(logp)
+    # top-k 2 and top-p 0.7 both keep tokens 0 and 1, renormalised: 0.5 / 0.8 and 0.3 / 0.8
+    for kept in (shares(2, 1.0), shares(0, 0.7)):
+        assert kept[2:].tolist() == [0.0, 0.0] and kept[0].item() == pytest.approx(0.625, abs=0.01)
+    # top-k 3 first (0.95 of the mass), then top-p 0.9 of that keeps all three
+    kept = shares(3, 0.9)
+    assert kept[3].item() == 0.0 and kept[2].item() == pytest.approx(0.15 / 0.95, abs=0.01)
+    assert shares(1, 1.0)[0].item() == 1.0  # top-k 1 is the argmax
+
+
+def test_every_declared_end_token_ends_a_turn(trained):
+    policy, tok = trained
+    first = model.rollout(policy, tok, [CONV_ADD[:2]], ADD, max_turns=1, greedy=True)[0]
+    token = first.ids[first.prompt_len]  # the first token the model says
+    assert model.end_ids(policy, tok) == [tok.eos_token_id]
+    policy.generation_config.eos_token_id = [token, tok.eos_token_id]  # e.g. Qwen's <|im_end|> and <|endoftext|>
+    try:
+        assert model.end_ids(policy, tok) == sorted({token, tok.eos_token_id})
+        r = model.rollout(policy, tok, [CONV_ADD[:2]], ADD, max_turns=1, greedy=True)[0]
+    finally:
+        policy.generation_config.eos_token_id = tok.eos_token_id
+    assert r.ids[r.prompt_len:] == [token] and r.turns == 1  # the turn stopped at once
+    assert len(first.ids) - first.prompt_len > 1
 
 
 def test_group_layout_seed_and_greedy(qwen):

@@ -269,7 +269,7 @@ def test_llm_teacher_rolls_out_in_batches_and_keeps_only_what_replays(monkeypatc
 
     def fake_load(name, device):
         loads.append((name, device))
-        return "policy", "tokenizer"
+        return "policy", SimpleNamespace(chat_template=model.TINY_TEMPLATE)
 
     def fake_rollout(policy, tokenizer, prompts, tools, n, seed, temperature):
         sizes.append(len(prompts))

@@ -75,8 +75,8 @@ def test_masked_tokens_get_no_gradient():
     logp = torch.randn(2, 5, requires_grad=True)
     mask = torch.tensor([[0, 1, 1, 0, 0], [0, 0, 1, 1, 1]], dtype=torch.float)
     ref = torch.randn(2, 5)
-    loss, _ = rl.policy_loss(logp, logp.detach() - 0.1, torch.tensor([1.0, -2.0]), mask)
-    (loss + 0.5 * rl.masked_mean(rl.kl_penalty(logp, ref), mask)).backward()
+    pg, _ = rl.policy_loss(logp, logp.detach() - 0.1, torch.tensor([1.0, -2.0]))
+    rl.token_sum(pg + 0.5 * rl.kl_penalty(logp, ref), mask).backward()
     assert (logp.grad[mask == 0] == 0).all()
     assert (logp.grad[mask == 1] != 0).all()
 
@@ -102,17 +102,18 @@ def test_grpo_steps_raise_the_mean_reward_on_a_toy_problem(warm):
         rewards = toy_rewards(rollouts)
         history.append(rewards.mean().item())
         data = model.collate(rollouts, tok.pad_token_id)
-        ref_logp = rl.batched_logprobs(ref, data, 64)
+        ref_logp = rl.batched_logprobs(ref, data, torch.arange(len(rollouts)), 64, 1.0)
         logp = model.logprobs(policy, data["ids"], data["attention_mask"])
-        pg, _ = rl.policy_loss(logp, data["old_logprobs"], rl.grpo_advantages(rewards, G), data["loss_mask"])
-        loss = pg + 0.001 * rl.masked_mean(rl.kl_penalty(logp, ref_logp), data["loss_mask"])
+        pg, _ = rl.policy_loss(logp, logp.detach(), rl.grpo_advantages(rewards, G))
+        mask = data["loss_mask"]
+        loss = rl.token_sum(pg + 0.001 * rl.kl_penalty(logp, ref_logp), mask) / mask.sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
     assert sum(history[-3:]) / 3 > sum(history[:3]) / 3 + 0.15
 
 
-RL_FLAGS = ["--init", "runs/warm", "--prompts", "2", "--group", "4", "--max-tokens", "96", "--minibatch", "4",
+RL_FLAGS = ["--init", "runs/warm", "--prompts", "2", "--group", "4", "--max-tokens", "96", "--minibatch", "1",
             "--eval-every", "0", "--save-every", "1", "--out", "runs/rl"]
 
 
@@ -121,13 +122,14 @@ def test_rl_runs_logs_saves_and_resumes_as_if_never_stopped(warm):
     first = read_log("runs/rl/metrics.jsonl")
     assert [row["step"] for row in first] == [1, 2]
     for key in ("reward", "reward_std", "correct", "tool_match", "zero_var_groups", "calls", "invalid_call_rate",
-                "kl", "entropy", "clip_frac", "grad_norm", "response_tokens", "truncated", "step_time", "tokens_per_s"):
+                "kl", "entropy", "clip_frac", "grad_norm", "logprob_gap", "response_tokens", "finished", "step_time",
+                "tokens_per_s"):
         assert key in first[0]
     assert 0 <= first[0]["zero_var_groups"] <= 1 and first[0]["response_tokens"] > 0
     args = rl.parse_args(RL_FLAGS + ["--steps", "2"])
     assert [row["lr"] for row in first] == pytest.approx([args.lr / 10, args.lr * 2 / 10])  # warm-up
     args = rl.parse_args(RL_FLAGS + ["--steps", "30"])
-    lrs = [sft.lr_at(step, args) for step in range(30)]
+    lrs = [sft.lr_at(step, args.lr, args.warmup, args.steps, args.lr_schedule) for step in range(30)]
     assert lrs[9] == pytest.approx(args.lr) and args.lr * 0.1 < lrs[-1] < args.lr * 0.11  # then decay
     assert all(a > b for a, b in zip(lrs[10:], lrs[11:]))
     state = torch.load("runs/rl/checkpoint/trainer_state.pt", weights_only=False)
@@ -153,12 +155,15 @@ def test_rl_runs_logs_saves_and_resumes_as_if_never_stopped(warm):
 
 
 def test_non_finite_loss_skips_the_update(warm, monkeypatch, capsys):
-    monkeypatch.setattr(rl, "policy_loss", lambda *a, **k: (torch.tensor(float("nan")), torch.tensor(0.0)))
+    def nan_loss(logp, *args):
+        return logp * float("nan"), torch.zeros_like(logp)
+    monkeypatch.setattr(rl, "policy_loss", nan_loss)
     rl.train(rl.parse_args(RL_FLAGS + ["--steps", "1", "--out", "runs/nan"]))
     before, after = model.load("runs/warm")[0].state_dict(), model.load("runs/nan")[0].state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     out = capsys.readouterr()
-    assert "non-finite loss" in out.out + out.err
+    assert "non-finite gradient, update skipped" in out.out + out.err
+    assert read_log("runs/nan/metrics.jsonl")[0]["skipped_updates"] == 2  # both mini-batches
 
 
 def test_jsd_of_tool_usage():
@@ -249,15 +254,63 @@ def test_compare_runs_every_method_over_seeds_and_reuses_finished_runs(warm, mon
     assert os.path.getmtime("runs/cmp/mentor-s1/eval.json") == stamp
 
 
-def test_the_starting_evaluation_is_reused_only_for_the_same_problems(tmp_path, monkeypatch):
+def test_the_starting_evaluation_is_reused_only_for_the_same_problems_and_limits(tmp_path, monkeypatch):
     problems = [{"id": str(i), "question": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(4)]
     splits = {"ID": problems[:2], "OOD": problems[2:]}
-    saved = {name: {"data": evaluate.fingerprint(recs), "accuracy": 0.5} for name, recs in splits.items()}
+    saved = {name: {"data": evaluate.fingerprint(recs), "limits": [5, 256], "accuracy": 0.5}
+             for name, recs in splits.items()}
     evaluate.write_json(str(tmp_path / "eval.json"), saved)
     monkeypatch.setattr(sft, "evaluate_splits", lambda *args: "evaluated now")
-    assert rl.starting_eval(str(tmp_path), None, None, splits) == saved
+    args = rl.parse_args(["--max-tokens", "256"])
+    assert rl.starting_eval(str(tmp_path), None, None, splits, args) == saved
     swapped = {"ID": splits["OOD"], "OOD": splits["ID"]}  # same sizes, other problems
-    assert rl.starting_eval(str(tmp_path), None, None, swapped) == "evaluated now"
+    assert rl.starting_eval(str(tmp_path), None, None, swapped, args) == "evaluated now"
+    assert rl.starting_eval(str(tmp_path), None, None, splits, rl.parse_args(["--max-tokens", "64"])) == "evaluated now"
+
+
+def test_micro_batches_change_memory_not_the_update(warm):
+    logs, weights = [], []
+    for micro in ("8", "1"):
+        out = f"runs/micro{micro}"
+        rl.train(rl.parse_args(RL_FLAGS + ["--steps", "2", "--micro-batch", micro, "--out", out]))
+        logs.append(read_log(f"{out}/metrics.jsonl"))
+        weights.append(model.load(out)[0].state_dict())
+    for a, b in zip(*logs):  # the gradient's norm (before clipping) sees any change of scale
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-7)
+    assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-5) for k in weights[0])
+
+
+@pytest.mark.parametrize("minibatch", ["2", "1"])
+def test_old_logprobs_are_the_training_forward_before_the_first_update(warm, monkeypatch, minibatch):
+    seen = []
+
+    def recording(logp, old, *args):
+        seen.append((logp.detach().clone(), old.clone()))
+        return policy_loss(logp, old, *args)
+    policy_loss = rl.policy_loss
+    monkeypatch.setattr(rl, "policy_loss", recording)
+    rl.train(rl.parse_args(RL_FLAGS + ["--steps", "1", "--minibatch", minibatch, "--out", f"runs/old{minibatch}"]))
+    if minibatch == "2":  # one update a step: the ratio's old side is the update's own forward
+        assert len(seen) == 1 and torch.equal(*seen[0])
+    else:  # two updates: a no-grad pass before the first; the second sees the policy move
+        assert len(seen) == 2
+        assert torch.allclose(*seen[0], atol=1e-5)
+        assert not torch.allclose(*seen[1], atol=1e-5)
+
+
+def test_evaluations_use_the_runs_token_budget(warm, monkeypatch):
+    budgets = []
+
+    def recording(policy, tokenizer, records, **kwargs):
+        budgets.append((kwargs["max_turns"], kwargs["max_tokens"]))
+        return evaluate_one(policy, tokenizer, records[:1], **kwargs)
+    evaluate_one = evaluate.evaluate
+    monkeypatch.setattr(evaluate, "evaluate", recording)
+    rl.train(rl.parse_args(RL_FLAGS + ["--steps", "2", "--eval-every", "1", "--max-tokens", "40", "--max-turns", "3",
+                                       "--out", "runs/budget"]))
+    # before (the warm start's eval.json has other limits), after step 1, after the last step; two splits each
+    assert budgets == [(3, 40)] * 6
 
 
 def test_only_the_standard_evaluation_writes_eval_json():
