@@ -136,6 +136,9 @@ from collections.abc import Callable  # noqa: E402
 
 from transformers import GenerationConfig, PreTrainedTokenizerBase  # noqa: E402
 
+ABLATIONS = {"MENTOR": "mentor", "ABLATION2": "overlap", "ABLATION3": "no-match", "ABLATION4": "f1",
+             "SPARSE": "sparse"}  # the authors' ablation_exp_id -> this project's mode
+
 
 def teacher_names(row: dict, mode: str) -> list[str]:
     """The teacher's tool names of one data row (a dict): its `tool_calls_used` (or
@@ -213,8 +216,35 @@ def make_reward_func(tokenizer: PreTrainedTokenizerBase | None = None,
 reward_func = make_reward_func()  # MENTOR mode, blind to truncation (see make_reward_func)
 
 
-def compute_score(data_source: str, solution_str: str, ground_truth, extra_info: dict | None = None) -> float:
-    """verl-style reward (custom_reward_function): `extra_info["teacher_tools"]` holds the
-    teacher's tool names. Uses the MENTOR mode."""
-    reference = (extra_info or {}).get("teacher_tools", [])
-    return score_text(solution_str, ground_truth, list(reference))["reward"]
+def assistant_header(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The text the tokenizer's chat template puts before an assistant turn, what
+    add_generation_prompt appends (Qwen: "<|im_start|>assistant\\n")."""
+    chat = [{"role": "user", "content": "x"}]
+    bare = tokenizer.apply_chat_template(chat, tokenize=False)
+    return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)[len(bare):]
+
+
+def compute_score(data_source: str, solution_str: str, ground_truth, extra_info: dict | None = None,
+                  tokenizer: PreTrainedTokenizerBase | None = None, ablation_exp_id: str | None = None,
+                  **kwargs) -> float:
+    """verl's reward function (custom_reward_function): the reward of `solution_str` against the
+    gold `ground_truth` and the teacher's tool names in `extra_info["tool_calls_used"]`, in the
+    mode the authors' `ablation_exp_id` names (MENTOR by default; see ABLATIONS). Other keywords
+    (verl's reward_kwargs) are ignored; `data_source` is not read.
+
+    verl's own reward managers pass the response alone, decoded without special tokens, and no
+    tokenizer: truncation cannot be seen. The authors' manager passes `tokenizer=` and the prompt
+    + response decoded with special tokens: then a string that does not end with
+    tokenizer.eos_token is cut off (0.0), calls are read after the prompt (its instructions hold
+    an empty \\boxed{} and, with tools, a sample <tool_call>) and the answer from the last
+    assistant turn. Returns the reward."""
+    mode = ABLATIONS.get(ablation_exp_id or "MENTOR")
+    if mode is None:
+        raise ValueError(f"unknown ablation_exp_id {ablation_exp_id!r}; choose from {', '.join(ABLATIONS)}")
+    reference = teacher_names(extra_info or {}, mode)
+    if tokenizer is None:
+        return score_text(solution_str, ground_truth, reference, mode)["reward"]
+    header = assistant_header(tokenizer)
+    response = solution_str.split(header, 1)[-1]  # the prompt holds the system and user turns only
+    return score_text(response, ground_truth, reference, mode, solution_str.endswith(tokenizer.eos_token),
+                      final=response.rsplit(header, 1)[-1])["reward"]

@@ -1,6 +1,7 @@
-"""reward.py's TRL adapter, called exactly as TRL 1.16's GRPOTrainer calls a reward function.
-TRL is not needed: each call is copied from its source (cited at the helper that makes it),
-with a tiny Qwen-style tokenizer and the real Qwen2.5 chat template.
+"""reward.py's adapters, called exactly as TRL 1.16's GRPOTrainer, verl 0.9.1 and the authors'
+fork of verl call a reward function. Neither library is needed: each call is copied from its
+source (cited at the helper that makes it), with a tiny Qwen-style tokenizer and the real
+Qwen2.5 chat template.
 
     cut off -> 0.0; no or empty box -> 0.1;
     else 0.7 * correct + 0.3 * match * (1 if correct else 0.2) + 0.1 * (no invalid call)
@@ -12,6 +13,7 @@ import os
 import sys
 from itertools import takewhile
 
+import numpy as np
 import pytest
 from pytest import approx
 from transformers import AutoTokenizer, GenerationConfig, Qwen2Tokenizer, TrainerState
@@ -247,3 +249,89 @@ def test_trl_real_trainer_calls_the_reward_functions(tok, tmp_path):
         [tok(t, add_special_tokens=False)["input_ids"] for t in next(turns)], None)
     trainer.train()
     assert seen["plain"] == approx([1.1, 0.8]) and seen["aware"] == approx([1.1, 0.0])
+
+
+# ----------------------------------------------------------------------------------- verl
+
+def rollout_ids(tok, completion: list[dict]) -> tuple[list[int], list[int]]:
+    """Prompt and response ids of a tool-using rollout as verl's agent loop returns them (the
+    response: generated turns and tool results, tools/rendered with the chat template), ending
+    with the last turn's EOS, as generation stops there."""
+    prompt = tok.apply_chat_template(PROMPT, tools=SCHEMAS, add_generation_prompt=True, return_dict=False)
+    full = tok.apply_chat_template(PROMPT + completion, tools=SCHEMAS, return_dict=False)
+    last_eos = max(i for i, t in enumerate(full) if t == tok.eos_token_id)
+    return prompt, full[len(prompt):last_eos + 1]
+
+
+def verl_call(tok, response_ids: list[int], extra_info: dict, reward_kwargs: dict | None = None) -> float:
+    """compute_score called as verl 0.9.1 calls a custom reward function: NaiveRewardManager.run_single
+    (verl/experimental/reward_loop/reward_manager/naive.py) decodes the response alone with
+    skip_special_tokens=True and adds num_turns and rollout_reward_scores to extra_info;
+    get_custom_reward_fn (verl/trainer/ppo/reward.py) merges the config's reward_kwargs over the keywords."""
+    response_str = tok.decode(response_ids, skip_special_tokens=True)
+    extra_info = {**extra_info, "num_turns": 4, "rollout_reward_scores": {}}
+    kwargs = dict(data_source="mentor", solution_str=response_str, ground_truth="7", extra_info=extra_info)
+    return reward.compute_score(**{**kwargs, **(reward_kwargs or {})})
+
+
+def fork_call(tok, prompt_ids: list[int], response_ids: list[int], extra_info: dict,
+              ablation_exp_id: str = "MENTOR") -> float:
+    """compute_score called as the authors' MentorRewardManagerWithSave.__call__ calls it
+    (src/verl/workers/reward_manager/mentor.py of their fork): prompt + response decoded with
+    special tokens, the tokenizer, and their ablation_exp_id."""
+    sequences_str = tok.decode(prompt_ids + response_ids)
+    return reward.compute_score(data_source="nvidia/AceReason-Math", tokenizer=tok, solution_str=sequences_str,
+                                ground_truth="7", extra_info=extra_info, ablation_exp_id=ablation_exp_id)
+
+
+def test_verl_upstream_call(tok):
+    _, response = rollout_ids(tok, [CALLING, RESULT, ANSWER])
+    teacher = {"tool_calls_used": ["add"]}
+    assert verl_call(tok, response, teacher) == approx(1.1)
+    # verl's batches may hold arrays: anything with .tolist()
+    assert verl_call(tok, response, {"tool_calls_used": np.array(["add"], dtype=object)}) == approx(1.1)
+    # the mode from the config: reward.custom_reward_function.reward_kwargs.ablation_exp_id
+    assert verl_call(tok, response, teacher, {"ablation_exp_id": "ABLATION2"}) == approx(1.0)  # 0.7 + 0.3
+    assert verl_call(tok, response, teacher, {"ablation_exp_id": "ABLATION3"}) == approx(0.8)  # 0.7 + 0.1
+    assert verl_call(tok, response, {}, {"ablation_exp_id": "SPARSE"}) == approx(1.0)
+    # the response is decoded without its EOS: a truncated one cannot be told apart (1.1, not 0.0)
+    assert verl_call(tok, response[:-1], teacher) == approx(1.1)
+    with pytest.raises(ValueError, match="tool_calls_used"):
+        verl_call(tok, response, {})
+    with pytest.raises(ValueError, match="ablation_exp_id"):
+        verl_call(tok, response, teacher, {"ablation_exp_id": "DEFAULT"})
+
+
+def test_verl_authors_call_reads_the_response_not_the_prompt(tok):
+    prompt, response = rollout_ids(tok, [CALLING, RESULT, ANSWER])
+    teacher = {"tool_calls_used": ["add"]}
+    text = tok.decode(prompt)
+    assert "\\boxed{}" in text and "<tool_call>\n{" in text  # the instruction's box, the template's sample call
+    # 1.1, not 1.0: the sample <tool_call> in the system prompt is no invalid call of the student's
+    assert fork_call(tok, prompt, response, teacher) == approx(1.1)
+    # the prompt's empty \boxed{} is no answer: 0.1
+    _, unanswered = rollout_ids(tok, [CALLING, RESULT, {"role": "assistant", "content": "It is seven."}])
+    assert fork_call(tok, prompt, unanswered, teacher) == approx(0.1)
+
+
+def test_verl_authors_call_truncated_scores_0(tok):
+    prompt, response = rollout_ids(tok, [CALLING, RESULT, ANSWER])
+    # not ending with tokenizer.eos_token, as the authors check: 0.0 (verl_call above gave 1.1)
+    assert fork_call(tok, prompt, response[:-1], {"tool_calls_used": ["add"]}) == approx(0.0)
+
+
+def test_verl_authors_ablations(tok):
+    two = {"role": "assistant", "content": "", "tool_calls": [ADD, call("multiply", {"a": 7, "b": 1})]}
+    results = [RESULT, {"role": "tool", "name": "multiply", "content": "7"}]
+    prompt, response = rollout_ids(tok, [two, *results, ANSWER])
+    teacher = {"tool_calls_used": ["add"]}
+    # student {add, multiply}, teacher {add}
+    assert fork_call(tok, prompt, response, teacher, "MENTOR") == approx(0.8)     # 0.7 + 0 + 0.1
+    assert fork_call(tok, prompt, response, teacher, "ABLATION2") == approx(1.0)  # any overlap: 0.7 + 0.3
+    assert fork_call(tok, prompt, response, teacher, "ABLATION3") == approx(0.8)  # 0.7 + 0.1
+    assert fork_call(tok, prompt, response, teacher, "ABLATION4") == approx(1.0)  # F1 2/3: 0.7 + 0.2 + 0.1
+    assert fork_call(tok, prompt, response, {}, "SPARSE") == approx(1.0)
+    _, wrong = rollout_ids(tok, [CALLING, RESULT, {"role": "assistant", "content": "\\boxed{8}"}])
+    assert fork_call(tok, prompt, wrong, teacher, "MENTOR") == approx(0.16)  # 0.3 * 0.2 + 0.1
+    with pytest.raises(ValueError, match="tool_calls_used"):
+        fork_call(tok, prompt, response, {}, "MENTOR")
