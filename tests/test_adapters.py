@@ -254,9 +254,10 @@ def test_trl_real_trainer_calls_the_reward_functions(tok, tmp_path):
 # ----------------------------------------------------------------------------------- verl
 
 def rollout_ids(tok, completion: list[dict]) -> tuple[list[int], list[int]]:
-    """Prompt and response ids of a tool-using rollout as verl's agent loop returns them (the
-    response: generated turns and tool results, tools/rendered with the chat template), ending
-    with the last turn's EOS, as generation stops there."""
+    """Prompt and response ids of a tool-using rollout as verl's agent loop returns them: the
+    prompt with the tool schemas in its system turn; the response, the generated turns and the
+    tool results between them, rendered by the chat template and ending with the last turn's
+    EOS, where generation stops."""
     prompt = tok.apply_chat_template(PROMPT, tools=SCHEMAS, add_generation_prompt=True, return_dict=False)
     full = tok.apply_chat_template(PROMPT + completion, tools=SCHEMAS, return_dict=False)
     last_eos = max(i for i, t in enumerate(full) if t == tok.eos_token_id)
