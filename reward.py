@@ -129,24 +129,122 @@ def score_rollout(rollout, record: dict, mode: str = "mentor") -> dict:
 
 
 # --------------------------------------------- adapters for existing distributed trainers
+# TRL's GRPOTrainer and verl call a reward function with their own keywords and shapes; these
+# adapters turn them into score() arguments. Imported here: only the adapters need them.
+import json  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 
-def completion_text(completion) -> str:
-    """A completion as text: a string, or a conversational list of messages (TRL style)."""
+from transformers import GenerationConfig, PreTrainedTokenizerBase  # noqa: E402
+
+ABLATIONS = {"MENTOR": "mentor", "ABLATION2": "overlap", "ABLATION3": "no-match", "ABLATION4": "f1",
+             "SPARSE": "sparse"}  # the authors' ablation_exp_id -> this project's mode
+
+
+def teacher_names(row: dict, mode: str) -> list[str]:
+    """The teacher's tool names of one data row (a dict): its `tool_calls_used` (or
+    `teacher_tools`), a list, a JSON string of one, or an array (anything with .tolist(), as in
+    verl's batches); [] in sparse mode when there are none. Raises ValueError when they are
+    missing or malformed: an empty teacher would rank a student that calls no tool above one
+    that calls the right ones."""
+    row = {k: v.tolist() if hasattr(v, "tolist") else v for k, v in row.items()
+           if k in ("tool_calls_used", "teacher_tools") and v is not None}
+    reference = teacher.teacher_of(row)
+    if reference is None and mode != "sparse":
+        raise ValueError("no teacher reference: each row needs 'tool_calls_used' (the teacher's tool names; "
+                         "for verl in extra_info); only the sparse reward scores without one")
+    return reference["tools"] if reference else []
+
+
+def message_calls(message: dict) -> list[dict]:
+    """The tool calls of one chat message, as tools.parse_tool_calls dicts: `<tool_call>` blocks
+    left in its content (not every chat template parses them), then its structured `tool_calls`
+    ({"type": "function", "function": {"name", "arguments"}}, or flat {"name", "arguments"};
+    arguments a dict or a JSON string). Structured calls are written back as the blocks they
+    were parsed from, so one parser applies one set of rules (an unknown name is invalid)."""
+    blocks = "".join(f"<tool_call>{json.dumps(c.get('function', c))}</tool_call>"
+                     for c in message.get("tool_calls") or [])
+    return tools.parse_tool_calls((message.get("content") or "") + blocks)
+
+
+def end_token_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """The ids that end a completion, as GRPOTrainer tells truncation: the tokenizer's EOS and pad
+    ids, plus the EOS ids of the generation config saved with the tokenizer, when there is one
+    (Qwen2.5's: <|im_end|> and <|endoftext|>)."""
+    try:
+        declared = GenerationConfig.from_pretrained(tokenizer.name_or_path).eos_token_id
+    except OSError:  # no generation_config.json where the tokenizer came from
+        declared = None
+    declared = [declared] if isinstance(declared, int) else declared or []
+    return {tokenizer.eos_token_id, tokenizer.pad_token_id, *declared} - {None}
+
+
+def score_completion(completion: str | list[dict], answer, reference: list, mode: str, ended: bool) -> float:
+    """The reward of one TRL completion: a string, or its messages (assistant turns and tool
+    results). `ended`: its last token ends a turn. One still waiting on a tool (out of
+    iterations or of length) is cut off too."""
     if isinstance(completion, str):
-        return completion
-    return "\n".join(m.get("content") or "" for m in completion if m.get("role") == "assistant")
+        return score_text(completion, answer, reference, mode, ended)["reward"]
+    turns = [m for m in completion if m.get("role") == "assistant"]
+    calls = [c for m in turns for c in message_calls(m)]
+    waiting = completion[-1].get("role") != "assistant" or bool(completion[-1].get("tool_calls"))
+    final = (turns[-1].get("content") or "") if turns else ""
+    return score(calls, final, answer, reference, mode, ended and not waiting)["reward"]
 
 
-def reward_func(completions: list, answer: list, teacher_tools: list, **kwargs) -> list[float]:
-    """TRL-style reward function (GRPOTrainer(reward_funcs=reward_func)): the dataset needs
-    `answer` and `teacher_tools` columns. Uses the MENTOR mode."""
-    return [score_text(completion_text(c), a, t,
-                       final=None if isinstance(c, str) else completion_text(c[-1:]))["reward"]
-            for c, a, t in zip(completions, answer, teacher_tools)]
+def make_reward_func(tokenizer: PreTrainedTokenizerBase | None = None,
+                     mode: str = "mentor") -> Callable[..., list[float]]:
+    """A reward function for TRL's GRPOTrainer(reward_funcs=...), scoring in `mode`.
+
+    TRL calls it with keywords: prompts, completions (strings, or lists of messages: assistant
+    turns with structured `tool_calls` and {"role": "tool"} results), completion_ids (each
+    completion's token ids, tool results included, no padding, ending with an end token unless
+    cut off), trainer_state, log_extra, log_metric, and a list per dataset column, of which
+    `answer` and `tool_calls_used` (or `teacher_tools`) are read. With the `tokenizer`, a
+    completion whose ids do not end with an end token (end_token_ids) is cut off and scores 0.0;
+    without it that cannot be seen. Returns the function, which returns one float per completion."""
+    ends = end_token_ids(tokenizer) if tokenizer is not None else None
+
+    def reward_func(completions: list, answer: list, completion_ids: list[list[int]], **columns) -> list[float]:
+        rows = [{k: columns[k][i] for k in ("tool_calls_used", "teacher_tools") if k in columns}
+                for i in range(len(completions))]
+        return [score_completion(c, a, teacher_names(row, mode), mode, ends is None or ids[-1] in ends)
+                for c, a, row, ids in zip(completions, answer, rows, completion_ids)]
+
+    return reward_func
 
 
-def compute_score(data_source: str, solution_str: str, ground_truth, extra_info: dict | None = None) -> float:
-    """verl-style reward (custom_reward_function): `extra_info["teacher_tools"]` holds the
-    teacher's tool names. Uses the MENTOR mode."""
-    reference = (extra_info or {}).get("teacher_tools", [])
-    return score_text(solution_str, ground_truth, list(reference))["reward"]
+reward_func = make_reward_func()  # MENTOR mode, blind to truncation (see make_reward_func)
+
+
+def assistant_header(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The text the tokenizer's chat template puts before an assistant turn, what
+    add_generation_prompt appends (Qwen: "<|im_start|>assistant\\n")."""
+    chat = [{"role": "user", "content": "x"}]
+    bare = tokenizer.apply_chat_template(chat, tokenize=False)
+    return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)[len(bare):]
+
+
+def compute_score(data_source: str, solution_str: str, ground_truth, extra_info: dict | None = None,
+                  tokenizer: PreTrainedTokenizerBase | None = None, ablation_exp_id: str | None = None,
+                  **kwargs) -> float:
+    """verl's reward function (custom_reward_function): the reward of `solution_str` against the
+    gold `ground_truth` and the teacher's tool names in `extra_info["tool_calls_used"]`, in the
+    mode the authors' `ablation_exp_id` names (MENTOR by default; see ABLATIONS). Other keywords
+    (verl's reward_kwargs) are ignored; `data_source` is not read.
+
+    verl's own reward managers pass the response alone, decoded without special tokens, and no
+    tokenizer: truncation cannot be seen. The authors' manager passes `tokenizer=` and the prompt
+    + response decoded with special tokens: then a string that does not end with
+    tokenizer.eos_token is cut off (0.0), calls are read after the prompt (its instructions hold
+    an empty \\boxed{} and, with tools, a sample <tool_call>) and the answer from the last
+    assistant turn. Returns the reward."""
+    mode = ABLATIONS.get(ablation_exp_id or "MENTOR")
+    if mode is None:
+        raise ValueError(f"unknown ablation_exp_id {ablation_exp_id!r}; choose from {', '.join(ABLATIONS)}")
+    reference = teacher_names(extra_info or {}, mode)
+    if tokenizer is None:
+        return score_text(solution_str, ground_truth, reference, mode)["reward"]
+    header = assistant_header(tokenizer)
+    response = solution_str.split(header, 1)[-1]  # the prompt holds the system and user turns only
+    return score_text(response, ground_truth, reference, mode, solution_str.endswith(tokenizer.eos_token),
+                      final=response.rsplit(header, 1)[-1])["reward"]
