@@ -206,31 +206,46 @@ def _render(tokenizer, messages: list[dict], tools: list[dict] | None, generatio
         raise ModelError(f"the chat template cannot render this conversation: {e}") from None
 
 
+def _glue(head: str, eos: str, ends: int) -> str:
+    """The template text the model reads next: what `head` (a rendering that ends with the
+    generation prompt) holds after its `ends`-th EOS, where `ends` counts the EOS tokens of
+    the pieces laid out so far."""
+    at = 0
+    for _ in range(ends):
+        found = head.find(eos, at)
+        if found < 0:
+            raise ModelError("the chat template drops the EOS of earlier turns; "
+                             "token-in/token-out rollouts need one that keeps them")
+        at = found + len(eos)
+    return head[at:]
+
+
 def _pieces(tokenizer, messages: list[dict], tools: list[dict] | None) -> list[tuple[str, int]]:
     """Cut the rendered conversation into (text, sampled) pieces: template text the model
     reads (0), and each assistant turn from after its generation prompt up to and including
     its EOS (1). Ends at the last assistant EOS, or with the generation prompt when the last
-    message is not the assistant's (text after an EOS is template glue, never sampled)."""
+    message is not the assistant's (text after an EOS is template glue, never sampled).
+
+    A turn is cut from the rendering where it is the last message: there the template writes
+    it as the model does after the generation prompt. Some templates render a turn otherwise
+    once it is no longer last (Qwen3 drops the empty think block of an earlier turn), so the
+    glue after a turn is found by counting EOS tokens, not characters (_glue)."""
     eos = tokenizer.eos_token
-    pieces, done = [], ""
+    pieces, ends = [], 0  # ends: the EOS tokens in the pieces so far
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
         head = _render(tokenizer, messages[:i], tools, True)
         full = _render(tokenizer, messages[:i + 1], tools, False)
+        glue = _glue(head, eos, ends)
         end = full.find(eos, len(head))
-        if not (head.startswith(done) and full.startswith(head)) or end < 0:
-            raise ModelError("the chat template does not render turns as stable prefixes ending with EOS; "
-                             "token-in/token-out rollouts need one that does")
-        end += len(eos)
-        pieces += [(head[len(done):], 0), (full[len(head):end], 1)]
-        done = full[:end]
+        if not full.startswith(head) or end < 0:
+            raise ModelError("the chat template does not render an assistant turn as its generation prompt "
+                             "followed by text ending with EOS; token-in/token-out rollouts need one that does")
+        pieces += [(glue, 0), (full[len(head):end + len(eos)], 1)]
+        ends += glue.count(eos) + 1  # the turn ends with its one EOS
     if not messages or messages[-1]["role"] != "assistant":
-        head = _render(tokenizer, messages, tools, True)
-        if not head.startswith(done):
-            raise ModelError("the chat template does not render turns as stable prefixes; "
-                             "token-in/token-out rollouts need one that does")
-        pieces.append((head[len(done):], 0))
+        pieces.append((_glue(_render(tokenizer, messages, tools, True), eos, ends), 0))
     return [(text, sampled) for text, sampled in pieces if text]
 
 
