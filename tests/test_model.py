@@ -4,6 +4,8 @@ The real-model path is tested offline with a tiny random Qwen2 whose tokenizer k
 special tokens and carries the real Qwen2.5 chat template (tests/fixtures). A copy of it is
 trained for a few seconds to emit two known conversations, one with a valid tool call and
 one with a malformed call, so rollouts really call tools and can be checked token by token.
+Another copy carries the real Qwen3 template, which renders a turn differently once it is
+no longer the last one, and is trained the same way.
 """
 import os
 import sys
@@ -17,6 +19,8 @@ import model  # noqa: E402
 import tools  # noqa: E402
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "qwen2.5-instruct.chat_template.jinja")
+QWEN3 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "qwen3.chat_template.jinja")
+THINK = "<think>\n\n</think>\n\n"  # the empty think block Qwen3 renders on the last assistant turn
 ADD = [s for s in tools.schemas() if s["function"]["name"] == "add"]
 SYSTEM = {"role": "system", "content": "Use the tools."}
 CALL_ADD = {"type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 3}}}
@@ -31,15 +35,18 @@ CONV_BAD = [SYSTEM, {"role": "user", "content": "Break it."},
             {"role": "assistant", "content": "\\boxed{0}"}]
 
 
-def qwen_like(path: str, template: str | None) -> str:
+def qwen_like(path: str, template: str | None, think: bool = False) -> str:
     """Save a tiny random Qwen2 and a Qwen2-style tokenizer (byte-level BPE, <|im_start|>,
-    <|im_end|> as EOS, <|endoftext|> as pad, the tool tags as added tokens) to `path`."""
+    <|im_end|> as EOS, <|endoftext|> as pad, the tool tags as added tokens) to `path`; with
+    `think`, <think> and </think> are added tokens too, as in Qwen3."""
     base = Qwen2Tokenizer(eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None)
     base.chat_template = open(TEMPLATE).read()
     texts = [base.apply_chat_template(c, tools=ADD, tokenize=False) for c in (CONV_ADD, CONV_BAD)]
     tok = base.train_new_from_iterator(texts * 20, vocab_size=600, new_special_tokens=["<|im_start|>"],
                                        show_progress=False)
     tok.add_tokens(["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"])
+    if think:
+        tok.add_tokens(["<think>", "</think>"])
     tok.chat_template = template
     config = Qwen2Config(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, intermediate_size=128, tie_word_embeddings=False,
@@ -56,10 +63,9 @@ def qwen(tmp_path_factory):
     return model.load(qwen_like(str(tmp_path_factory.mktemp("qwen")), open(TEMPLATE).read()))
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """The same kind of model, trained to emit CONV_ADD and CONV_BAD (its own copy)."""
-    policy, tok = model.load(qwen_like(str(tmp_path_factory.mktemp("trained")), open(TEMPLATE).read()))
+def fit(policy: Qwen2ForCausalLM, tok: Qwen2Tokenizer, steps: int = 200) -> tuple[Qwen2ForCausalLM, Qwen2Tokenizer]:
+    """Train `policy` for `steps` to emit CONV_ADD and CONV_BAD as encode() lays them out;
+    returns (policy, tok)."""
     examples = [model.encode(tok, c, ADD) for c in (CONV_ADD, CONV_BAD)]
     width = max(len(ids) for ids, _ in examples)
     ids = torch.tensor([ids + [tok.pad_token_id] * (width - len(ids)) for ids, _ in examples])
@@ -67,7 +73,7 @@ def trained(tmp_path_factory):
     mask = torch.tensor([m + [0] * (width - len(m)) for _, m in examples], dtype=torch.float)
     opt = torch.optim.Adam(policy.parameters(), lr=1e-2)
     policy.train()
-    for _ in range(200):
+    for _ in range(steps):
         loss = -(model.logprobs(policy, ids, attn) * mask).sum() / mask.sum()
         opt.zero_grad()
         loss.backward()
@@ -75,6 +81,20 @@ def trained(tmp_path_factory):
     policy.eval()
     assert loss.item() < 0.02
     return policy, tok
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The same kind of model, trained to emit CONV_ADD and CONV_BAD (its own copy)."""
+    return fit(*model.load(qwen_like(str(tmp_path_factory.mktemp("trained")), open(TEMPLATE).read())))
+
+
+@pytest.fixture(scope="module")
+def trained_qwen3(tmp_path_factory):
+    """A copy with the real Qwen3 template (and <think> known), trained the same way; its loss
+    takes 300 steps to settle."""
+    policy, tok = model.load(qwen_like(str(tmp_path_factory.mktemp("qwen3")), open(QWEN3).read(), think=True))
+    return fit(policy, tok, steps=300)
 
 
 def runs_of_ones(ids: list[int], mask: list[int]) -> list[list[int]]:
@@ -211,6 +231,52 @@ def test_tool_turn_tokens_equal_the_encoded_glue_for_both_templates(qwen):
         assert model._tool_turn(tok, CONV_ADD[:2], [("add", "5")], ADD) == glue
 
 
+def test_encode_lays_out_each_turn_as_qwen3_writes_it_last(trained_qwen3):
+    # Qwen3's template renders an empty think block on the last assistant turn only, so an
+    # earlier turn loses it once the conversation goes on. encode() keeps every turn as the
+    # model writes it after the generation prompt, think block included.
+    _, tok = trained_qwen3
+    calling = CONV_ADD[2:4]
+    conversation = CONV_ADD[:2] + calling + calling + CONV_ADD[4:]  # two tool-calling turns, then the answer
+    full = tok.apply_chat_template(conversation, tools=ADD, tokenize=False)
+    call = '<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call><|im_end|>'
+    assert full.count("<|im_start|>assistant\n" + call) == 2 and full.count(THINK) == 1
+    ids, mask = model.encode(tok, conversation, ADD)
+    turns = [tok.decode(r) for r in runs_of_ones(ids, mask)]
+    assert turns == [THINK + call, THINK + call, THINK + "\\boxed{5}<|im_end|>"]
+    kept = full.replace("assistant\n<tool_call>", "assistant\n" + THINK + "<tool_call>")
+    assert tok.decode(ids) == kept.removesuffix("\n")
+
+
+def test_tool_turn_tokens_equal_the_encoded_glue_qwen3_template(trained_qwen3):
+    # The glue after a tool-calling turn is what the template renders after that turn's EOS
+    # in the continued conversation, where it renders the turn itself without the think block.
+    _, tok = trained_qwen3
+    ids, mask = model.encode(tok, CONV_ADD, ADD)
+    start = mask.index(1) + len(runs_of_ones(ids, mask)[0])
+    glue = ids[start:start + mask[start:].index(1)]
+    assert model._tool_turn(tok, CONV_ADD[:2], [("add", "5")], ADD) == glue
+    continued = tok.apply_chat_template(CONV_ADD[:4], tools=ADD, tokenize=False, add_generation_prompt=True)
+    assert tok.decode(glue) == (
+        "\n<|im_start|>user\n<tool_response>\n5\n</tool_response><|im_end|>\n<|im_start|>assistant\n")
+    assert continued.endswith("\n</tool_call><|im_end|>" + tok.decode(glue)) and THINK not in continued
+
+
+@pytest.mark.parametrize("old, new, error", [
+    ("{{- '<|end|>' }}", "", "ending with EOS"),  # no EOS after an assistant turn
+    # a generation prompt that the rendered turn does not start with
+    ("{{- '<|assistant|>' }}{%- endif %}", "{{- '<|assistant|>\\n' }}{%- endif %}", "generation prompt"),
+    ("{{- '<|end|>' }}", "{{- '<|end|>' if loop.last }}", "drops the EOS of earlier turns"),
+])
+def test_a_template_that_cannot_lay_out_turns_is_a_one_line_model_error(old, new, error):
+    tok = model.build_tokenizer([m["content"] for m in CONV_ADD] * 20)
+    tok.chat_template = model.TINY_TEMPLATE.replace(old, new)
+    assert tok.chat_template != model.TINY_TEMPLATE
+    with pytest.raises(model.ModelError, match=error) as e:
+        model.encode(tok, CONV_ADD, ADD)
+    assert "\n" not in str(e.value)
+
+
 # ----------------------------------------------------------------------------- rollouts
 
 def test_rollout_calls_the_tool_and_lays_out_tokens_like_encode(trained):
@@ -226,6 +292,19 @@ def test_rollout_calls_the_tool_and_lays_out_tokens_like_encode(trained):
     assert r.messages == [{"role": "assistant", "content": "", "tool_calls": [CALL_ADD]},
                           {"role": "tool", "name": "add", "content": "5"},
                           {"role": "assistant", "content": "\\boxed{5}", "tool_calls": []}]
+
+
+def test_rollout_lays_out_tokens_like_encode_qwen3_template(trained_qwen3):
+    policy, tok = trained_qwen3
+    r = model.rollout(policy, tok, [CONV_ADD[:2]], ADD, greedy=True)[0]
+    assert r.calls == [{"name": "add", "arguments": {"a": 2, "b": 3}, "error": None, "result": "5"}]
+    assert r.turns == 2 and r.finished
+    call = '<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call>'
+    assert r.text == THINK + call + "\n" + THINK + "\\boxed{5}"  # the think blocks are sampled too
+    ids, mask = model.encode(tok, CONV_ADD, ADD)
+    assert r.ids == ids and r.mask == mask  # SFT trains exactly what rollouts sample
+    # the sampled turns, think blocks in their content, encode back to the same tokens
+    assert model.encode(tok, CONV_ADD[:2] + r.messages, ADD) == (r.ids, r.mask)
 
 
 def test_malformed_tool_call_gets_an_error_message_back(trained):
