@@ -257,7 +257,9 @@ def encode(tokenizer, messages: list[dict], tools: list[dict] | None) -> tuple[l
     """Token ids of a conversation rendered by the chat template, and its loss mask: 1 on the
     tokens the assistant produces (content, tool-call text, the EOS closing each of its
     turns), 0 on system/user/tool text and template glue. Laid out exactly like a rollout:
-    each piece is tokenized on its own, and the ids stop at the last assistant EOS."""
+    each piece is tokenized on its own, each assistant turn is rendered as the last message
+    (as the model writes it after the generation prompt), and the ids stop at the last
+    assistant EOS."""
     ids, mask = [], []
     for text, sampled in _pieces(tokenizer, messages, tools):
         piece = _ids(tokenizer, text)
@@ -572,7 +574,7 @@ def _tool_turn(tokenizer, prompt: list[dict], results: list[tuple[str, str]], to
     """Token ids of the template text between the EOS closing a tool-calling turn and the
     next sampled token: the tool results (name, text) as tool messages and the generation
     prompt. Rendered after a stand-in assistant turn, since the text that follows an EOS
-    does not depend on what the turn said."""
+    depends neither on what the turn said nor on how the template renders it there."""
     stand_in = {"role": "assistant", "content": "..."}
     replies = [{"role": "tool", "name": name, "content": text} for name, text in results]
     return _ids(tokenizer, _pieces(tokenizer, prompt + [stand_in] + replies, tools)[-1][0])
