@@ -1,13 +1,17 @@
-"""The paper's comparison in one command: from the same warm start and seeds, SFT on all
-teacher data versus GRPO with the sparse, strict and MENTOR rewards.
+"""The comparison in one command: for each task condition and seed, from the same warm start
+(SFT on a weak demonstrator, playing the pretrained student), SFT on the teacher's
+trajectories versus GRPO with the sparse, strict and MENTOR rewards.
 
-    python compare.py --seeds 3
+    python compare.py --gate          # the pre-registered check, before any comparison (minutes)
+    python compare.py --jobs 2        # every condition, 3 seeds, two runs at a time
 
-Prints one table of ID and OOD accuracy and teacher similarity (tool-name F1, JSD of the
-tool-usage distributions), mean and spread over seeds, and writes runs/compare/results.json
-(and curves.png, if matplotlib is installed). Finished runs are reused, so a rerun only
-does what is missing; a finished run of other settings (say another --rl-steps) stops the
-comparison with an error instead of being reported as if it were this one.
+Methods: sft-matched (the teacher's trajectories of the very problems GRPO samples, as many
+as it samples), sft-all (all teacher data, 600 steps of 32), and GRPO with each reward.
+Prints, per condition, ID and OOD accuracy and the share of OOD answers that use exactly the
+teacher's tools, mean and spread over seeds, and writes runs/compare/results.json (with
+per-family accuracy) and curves.png (matplotlib, if installed). Finished runs are reused, so
+a rerun only does what is missing; a finished run of other settings stops the comparison
+with an error instead of being reported as if it were this one.
 """
 import argparse
 import json
@@ -22,94 +26,78 @@ import torch
 
 import evaluate
 import model as student
+import reward
 import rl
 import sft
+import tasks
 import teacher
+import tools
 
-METHODS = {  # name -> the reward mode of its GRPO run (None: SFT on all teacher data)
-    "sft": None, "sparse": "sparse", "strict": "strict", "mentor": "mentor",
+METHODS = {  # name -> the reward mode of its GRPO run (None: SFT on the teacher's trajectories)
+    "sft-matched": None, "sft-all": None, "sparse": "sparse", "strict": "strict", "mentor": "mentor",
 }
-# Run settings that say where and how a run is written, run or logged, not what it learns:
-# a finished run that differs only in these is reused.
-IGNORED = {"out", "device", "compile", "grad_ckpt", "resume", "save_every", "eval_every", "eval_limit"}
+SFT_LR = sft.PROFILES["tiny"]["lr"] / 3  # SFT from a warm start: a third of the from-scratch rate
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (sys.argv when `argv` is None); bad values exit through ap.error."""
-    ap = argparse.ArgumentParser(description="SFT vs sparse, strict and MENTOR GRPO, over seeds.")
+    ap = argparse.ArgumentParser(description="SFT vs sparse, strict and MENTOR GRPO, per condition, over seeds.")
+    ap.add_argument("--conditions", nargs="+", default=list(tasks.CONDITIONS), choices=tasks.CONDITIONS)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS) + ["mentor-exact"])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS) + list(reward.MODES))
     ap.add_argument("--out", default="runs/compare")
-    ap.add_argument("--data", default="data")
     ap.add_argument("--rl-steps", type=int, default=rl.PROFILES["tiny"]["steps"])
-    ap.add_argument("--sft-steps", type=int, default=600, help="SFT steps on all data, after the warm start")
+    ap.add_argument("--sft-steps", type=int, default=600, help="sft-all: SFT steps on all teacher data")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--jobs", type=int, default=1,
                     help="runs trained at once, one CPU thread each (a tiny model gains little from more threads)")
+    ap.add_argument("--gate", action="store_true", help="only the gate: sample the hidden condition's warm start")
+    ap.add_argument("--gate-problems", type=int, default=200)
     args = ap.parse_args(argv)
-    if min(args.seeds, args.rl_steps, args.sft_steps, args.jobs) < 1:
-        ap.error("--seeds, --rl-steps, --sft-steps and --jobs must be positive")
+    if min(args.seeds, args.rl_steps, args.sft_steps, args.jobs, args.gate_problems) < 1:
+        ap.error("--seeds, --rl-steps, --sft-steps, --jobs and --gate-problems must be positive")
     # A method named twice would train into one folder twice and count each seed twice.
     args.methods = list(dict.fromkeys(args.methods))
+    args.warm_start = rl.WARM_START  # carried along: worker processes import rl afresh
     return args
 
 
-def reusable(run: argparse.Namespace) -> bool:
-    """Whether run.out holds a finished run (its eval.json) of these very settings: False
-    when it holds none. Raises ModelError when it holds one trained with other settings
-    (its args.json), rather than report that run as this one or delete it."""
-    if not os.path.isfile(os.path.join(run.out, "eval.json")):
-        return False
-    try:
-        with open(os.path.join(run.out, "args.json")) as f:
-            saved = json.load(f)
-    except (OSError, ValueError):
-        saved = None
-    if not isinstance(saved, dict):
-        raise student.ModelError(f"{run.out} has no readable args.json, so how it was trained is unknown; "
-                                 "use another --out or delete it")
-    wanted = json.loads(json.dumps(vars(run)))  # as args.json stores it
-    changed = [key for key in wanted if key not in IGNORED and (key not in saved or saved[key] != wanted[key])]
-    if changed:
-        old = " and ".join(f"{key}={saved.get(key, 'unset')}" for key in changed)
-        new = " and ".join(str(wanted[key]) for key in changed)
-        raise student.ModelError(f"{run.out} was trained with {old}, this run asks for {new}; "
-                                 "use another --out or delete it")
-    return True
+# ------------------------------------------------------------------------------- the runs
+
+def warm_args(condition: str, seed: int, args: argparse.Namespace) -> argparse.Namespace:
+    """The sft.py settings of one condition's and seed's warm start (rl.py's)."""
+    return sft.parse_args(args.warm_start + ["--condition", condition, "--seed", str(seed), "--device", args.device,
+                                             "--out", os.path.join(args.out, condition, f"warm-s{seed}")])
 
 
-def warm_args(seed: int, flags: list[str], args: argparse.Namespace) -> argparse.Namespace:
-    """The sft.py settings of one seed's warm start (sft.py `flags`)."""
-    return sft.parse_args(flags + ["--out", os.path.join(args.out, f"warm-s{seed}"), "--seed", str(seed),
-                                   "--data", args.data, "--device", args.device])
+def method_args(condition: str, method: str, seed: int, warm: str, args: argparse.Namespace) -> argparse.Namespace:
+    """The settings of one method's run from the warm start `warm`: sft.py's or rl.py's."""
+    common = ["--condition", condition, "--device", args.device, "--seed", str(seed), "--eval-every", "0",
+              "--out", os.path.join(args.out, condition, f"{method}-s{seed}")]
+    if method == "sft-all":
+        return sft.parse_args(common + ["--model", warm, "--steps", str(args.sft_steps), "--batch-size", "32",
+                                        "--lr", str(SFT_LR), "--warmup", "50"])
+    if method == "sft-matched":  # the same problems, in the same order, as the GRPO runs of this seed
+        return sft.parse_args(common + ["--model", warm, "--matched", "--steps", str(args.rl_steps),
+                                        "--batch-size", str(rl.PROFILES["tiny"]["prompts"]), "--lr", str(SFT_LR),
+                                        "--warmup", str(rl.PROFILES["tiny"]["warmup"])])
+    return rl.parse_args(common + ["--init", warm, "--reward", METHODS.get(method) or method,
+                                   "--steps", str(args.rl_steps)])
 
 
-def method_args(method: str, seed: int, warm: str, args: argparse.Namespace) -> argparse.Namespace:
-    """The settings of one method's run from the warm start `warm`: sft.py's for "sft", else rl.py's."""
-    common = ["--data", args.data, "--device", args.device, "--seed", str(seed),
-              "--out", os.path.join(args.out, f"{method}-s{seed}")]
-    if method == "sft":
-        # Continue from the warm start on all teacher data, with the tiny profile's step size.
-        return sft.parse_args(common + ["--model", warm, "--steps", str(args.sft_steps), "--eval-every", "0",
-                                        "--lr", str(sft.PROFILES["tiny"]["lr"] / 3), "--batch-size", "32",
-                                        "--warmup", "50"])
-    return rl.parse_args(common + ["--init", warm, "--reward", METHODS.get(method, method),
-                                   "--steps", str(args.rl_steps), "--eval-every", "0"])
-
-
-def run_warm(seed: int, flags: list[str], args: argparse.Namespace) -> str:
-    """The warm start of one seed (sft.py `flags`), trained unless it already exists; its folder."""
-    warm = warm_args(seed, flags, args)
-    if not reusable(warm):
+def run_warm(condition: str, seed: int, args: argparse.Namespace) -> str:
+    """One warm start, trained unless it already exists; its folder."""
+    warm = warm_args(condition, seed, args)
+    if not sft.finished_run(warm):
         sft.train(warm)
     return warm.out
 
 
-def run_method(method: str, seed: int, warm: str, args: argparse.Namespace) -> str:
+def run_method(condition: str, method: str, seed: int, warm: str, args: argparse.Namespace) -> str:
     """Train one method from the warm start (unless its run already finished); return its folder."""
-    run = method_args(method, seed, warm, args)
-    if not reusable(run):
-        (sft.train if method == "sft" else rl.train)(run)
+    run = method_args(condition, method, seed, warm, args)
+    if not sft.finished_run(run):
+        (sft.train if method.startswith("sft") else rl.train)(run)
     return run.out
 
 
@@ -123,13 +111,92 @@ def run_all(fn, jobs: list[tuple], workers: int) -> list:
         return list(pool.map(fn, *zip(*jobs)))
 
 
+# ------------------------------------------------------------------------------- the gate
+
+def gate_stats(records: list[dict], rollouts: list, group: int) -> dict:
+    """The gate's statistics of `group` rollouts per record (model.Rollouts, a record's adjacent):
+    on the records whose habit picks other tools than the teacher ("habit problems"), the share
+    of samples that use exactly the teacher's set of tools, and the share of problems where the
+    habit's answer is right too (the outcome cannot tell them apart); over all records, per
+    reward mode, the share of groups whose rewards are not all equal (the groups that teach)."""
+    habit = [i for i, r in enumerate(records) if rl.habit_differs(r)]
+    spread = {}
+    for mode in reward.MODES:
+        rewards = torch.tensor([reward.score_rollout(ro, records[i // group], mode)["reward"]
+                                for i, ro in enumerate(rollouts)]).view(-1, group)
+        spread[mode] = (rewards.std(1) > 0).float().mean().item()
+    samples = [reward.score_rollout(rollouts[i * group + j], records[i])["same_tools"]
+               for i in habit for j in range(group)]
+    return {"problems": len(records), "habit_problems": len(habit),
+            "teacher_tools_share": sum(samples) / max(1, len(samples)),
+            "outcome_agrees": sum(tasks.is_correct(records[i]["habit"]["answer"], records[i]["answer"])
+                                  for i in habit) / max(1, len(habit)),
+            "spread": spread}
+
+
+def gate_passes(stats: dict) -> bool:
+    """The pre-registered gate: the teacher's tools are there to be found (10-60% of samples on
+    habit problems), the outcome cannot find them (it agrees on >= 80% of those problems), and
+    MENTOR's reward has signal where sparse has little (>= 1.5x the groups with spread)."""
+    return (0.10 <= stats["teacher_tools_share"] <= 0.60 and stats["outcome_agrees"] >= 0.80
+            and stats["spread"]["mentor"] >= 1.5 * stats["spread"]["sparse"])
+
+
+def gate(args: argparse.Namespace) -> dict:
+    """Sample the hidden condition's warm start (seed 0), G = 8 rollouts of the first
+    --gate-problems training problems at rl.py's settings, score them with every reward mode.
+    Writes and returns the statistics with the verdict."""
+    warm = run_warm("hidden", 0, args)
+    train = teacher.load_records(teacher.ensure_data(os.path.join("data", "hidden"), "hidden")["train"])
+    records = train[:args.gate_problems]
+    policy, tokenizer = student.load(warm, device=args.device)
+    profile = rl.PROFILES["tiny"]
+    rollouts = []
+    with torch.no_grad():
+        for i in range(0, len(records), 50):
+            rollouts += student.rollout(policy, tokenizer, [tasks.prompt(r["question"]) for r in records[i:i + 50]],
+                                        tools.schemas(), n=profile["group"], max_tokens=profile["max_tokens"],
+                                        temperature=profile["temperature"], seed=i)
+    stats = gate_stats(records, rollouts, profile["group"])
+    stats["passed"] = gate_passes(stats)
+    evaluate.write_json(os.path.join(args.out, "gate.json"), stats)
+    return stats
+
+
+# ---------------------------------------------------------------------------- the report
+
 def summary(values: list[float]) -> str:
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.3f} ± {spread:.3f}"
 
 
-def plot(runs: dict[str, list[str]], path: str) -> None:
-    """Reward and rollout accuracy per RL step, one line per method (mean over seeds)."""
+COLUMNS = [("ID", "accuracy", "ID acc"), ("OOD", "accuracy", "OOD acc"), ("OOD", "same_tools", "OOD same tools")]
+
+
+def report(runs: dict[str, dict[str, list[str]]]) -> tuple[dict, str]:
+    """Per condition and method, the final evaluations of its runs (one per seed): the
+    columns of COLUMNS and per-family accuracy, each a list over seeds; and the text table."""
+    results, lines = {}, [f"{'condition':<10}{'method':<13}" + "".join(f"{t:>18}" for *_, t in COLUMNS)]
+    for condition, methods in runs.items():
+        results[condition] = {}
+        for method, folders in methods.items():
+            evals = []
+            for folder in folders:
+                with open(os.path.join(folder, "eval.json")) as f:
+                    evals.append(json.load(f))
+            row = {f"{split}_{key}": [e[split].get(key, float("nan")) for e in evals] for split, key, _ in COLUMNS}
+            row["by_family"] = {f: [e[s]["by_family"][f] for e in evals] for s in ("ID", "OOD")
+                                for f in evals[0][s]["by_family"]}
+            results[condition][method] = row
+            lines.append(f"{condition:<10}{method:<13}" + "".join(f"{summary(row[f'{s}_{k}']):>18}"
+                                                                  for s, k, _ in COLUMNS))
+    return results, "\n".join(lines)
+
+
+def plot(runs: dict[str, dict[str, list[str]]], path: str) -> None:
+    """Per condition (a row), per GRPO step: the share of groups whose rewards differ, and the
+    share of rollouts on habit problems that use the teacher's tools; one line per method,
+    the mean over seeds."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -137,20 +204,24 @@ def plot(runs: dict[str, list[str]], path: str) -> None:
     except ImportError:
         print("matplotlib is not installed: no curves.png (pip install matplotlib)")
         return
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for method, folders in runs.items():
-        logs = []
-        for folder in folders:
-            with open(os.path.join(folder, "metrics.jsonl")) as f:
-                logs.append([json.loads(line) for line in f if '"reward"' in line])
-        if method == "sft" or not logs:
-            continue
-        for ax, key in zip(axes, ("reward", "correct")):
+    keys = {"spread_groups": "groups with reward spread", "same_tools_habit": "teacher's tools on habit problems"}
+    fig, axes = plt.subplots(len(runs), len(keys), figsize=(10, 3.2 * len(runs)), squeeze=False)
+    for row, (condition, methods) in zip(axes, runs.items()):
+        for method, folders in methods.items():
+            if METHODS.get(method, method) is None:  # SFT has no rollouts
+                continue
+            logs = []
+            for folder in folders:
+                with open(os.path.join(folder, "metrics.jsonl")) as f:
+                    logs.append([json.loads(line) for line in f])
             steps = min(len(log) for log in logs)
-            ax.plot(range(1, steps + 1), [statistics.mean(log[i][key] for log in logs) for i in range(steps)], label=method)
-            ax.set_xlabel("step")
-            ax.set_title({"reward": "mean reward", "correct": "rollout accuracy"}[key])
-    axes[0].legend()
+            for ax, key in zip(row, keys):
+                values = [statistics.mean(1 - log[i]["zero_var_groups"] if key == "spread_groups"
+                                          else log[i].get(key, float("nan")) for log in logs) for i in range(steps)]
+                ax.plot(range(1, steps + 1), values, label=method)
+                ax.set_title(f"{condition}: {keys[key]}", fontsize=9)
+                ax.set_xlabel("step")
+        row[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     print(f"wrote {path}")
@@ -159,37 +230,36 @@ def plot(runs: dict[str, list[str]], path: str) -> None:
 def main() -> None:
     args = parse_args()
     t0 = time.time()
-    seeds = range(args.seeds)
     try:
-        teacher.ensure_data(args.data)
-        # Refuse a folder of other settings now, not after hours of training the runs before it.
-        for seed in seeds:
-            warm = warm_args(seed, rl.WARM_START, args)
-            reusable(warm)
-            for method in args.methods:
-                reusable(method_args(method, seed, warm.out, args))
+        if args.gate:
+            stats = gate(args)
+            print(json.dumps(stats, indent=1))
+            print(f"gate {'passed' if stats['passed'] else 'FAILED'} ({(time.time() - t0) / 60:.1f} min)")
+            return
+        seeds = range(args.seeds)
+        for condition in args.conditions:
+            teacher.ensure_data(os.path.join("data", condition), condition)
+            # Refuse a folder of other settings now, not after hours of training the runs before it.
+            for seed in seeds:
+                warm = warm_args(condition, seed, args)
+                sft.finished_run(warm)
+                for method in args.methods:
+                    sft.finished_run(method_args(condition, method, seed, warm.out, args))
         # Every method of a seed starts from that seed's warm start, so those come first.
-        warms = run_all(run_warm, [(seed, rl.WARM_START, args) for seed in seeds], args.jobs)
-        jobs = [(method, seed, warms[seed], args) for seed in seeds for method in args.methods]
+        pairs = [(c, seed) for c in args.conditions for seed in seeds]
+        warms = dict(zip(pairs, run_all(run_warm, [(c, seed, args) for c, seed in pairs], args.jobs)))
+        jobs = [(c, m, seed, warms[c, seed], args) for c, seed in pairs for m in args.methods]
         folders = run_all(run_method, jobs, args.jobs)
     except (teacher.DataError, student.ModelError) as e:
         sys.exit(f"error: {e}")
-    runs = {"warm": warms, **{m: [f for (method, *_), f in zip(jobs, folders) if method == m] for m in args.methods}}
-
-    results, rows = {}, []
-    header = f"{'method':<13}{'ID acc':>16}{'OOD acc':>16}{'OOD tool F1':>16}{'OOD JSD':>16}"
-    for method, folders in runs.items():
-        evals = []
-        for folder in folders:
-            with open(os.path.join(folder, "eval.json")) as f:
-                evals.append(json.load(f))
-        cols = [("ID", "accuracy"), ("OOD", "accuracy"), ("OOD", "tool_f1"), ("OOD", "tool_jsd")]
-        results[method] = {f"{s}_{k}": [e[s][k] for e in evals] for s, k in cols}
-        rows.append(f"{method:<13}" + "".join(f"{summary(results[method][f'{s}_{k}']):>16}" for s, k in cols))
+    runs = {c: {"warm": [warms[c, s] for s in seeds],
+                **{m: [f for (jc, jm, *_), f in zip(jobs, folders) if (jc, jm) == (c, m)] for m in args.methods}}
+            for c in args.conditions}
+    results, table = report(runs)
     minutes = (time.time() - t0) / 60
     evaluate.write_json(os.path.join(args.out, "results.json"), {"seeds": args.seeds, "minutes": minutes, **results})
-    print(f"{args.seeds} seeds, mean ± std, {minutes:.1f} min\n" + header + "\n" + "\n".join(rows))
-    plot({m: f for m, f in runs.items() if m != "warm"}, os.path.join(args.out, "curves.png"))
+    print(f"{args.seeds} seeds, mean ± std, {minutes:.1f} min\n{table}")
+    plot(runs, os.path.join(args.out, "curves.png"))
 
 
 if __name__ == "__main__":

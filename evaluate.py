@@ -76,6 +76,7 @@ def evaluate(policy, tokenizer, records: list[dict], k: int = 1, max_turns: int 
     if taught:
         names = [([c["name"] for c in ro.calls if c["name"] in tools.TOOLS], t) for ro, t in taught]
         metrics["tool_f1"] = sum(reward.set_f1(set(s), set(t)) for s, t in names) / len(names)
+        metrics["same_tools"] = sum(set(s) == set(t) for s, t in names) / len(names)
         metrics["tool_jsd"] = jsd(Counter(x for s, _ in names for x in s), Counter(x for _, t in names for x in t))
     families = sorted({r["family"] for r in records})
     metrics["by_family"] = {f: sum(ok for ok, r in zip(solved, records) if r["family"] == f) /
@@ -100,7 +101,7 @@ def evaluate(policy, tokenizer, records: list[dict], k: int = 1, max_turns: int 
 
 COLUMNS = [("accuracy", "acc"), ("finished", "finished"), ("format_valid", "format"),
            ("calls_per_problem", "calls"), ("invalid_call_rate", "invalid"), ("tool_f1", "tool F1"),
-           ("tool_jsd", "JSD")]
+           ("same_tools", "same set"), ("tool_jsd", "JSD")]
 
 
 def table(results: dict[str, dict[str, dict]]) -> str:
@@ -126,7 +127,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     Adds `result_file`, the name the results get in each run folder."""
     ap = argparse.ArgumentParser(description="Evaluate checkpoints on the ID and OOD test sets.")
     ap.add_argument("runs", nargs="+", help="run folders (runs/NAME) or HF checkpoints")
-    ap.add_argument("--data", nargs="+", default=None, help="JSONL files to evaluate on (default: data/test_id, data/test_ood)")
+    ap.add_argument("--condition", default="hidden", choices=tasks.CONDITIONS, help="the built-in benchmark")
+    ap.add_argument("--data", nargs="+", default=None,
+                    help="JSONL files to evaluate on (default: data/CONDITION/test_id and test_ood)")
     ap.add_argument("--k", type=int, default=1, help="also report pass@k from k samples per problem")
     ap.add_argument("--limit", type=int, default=None, help="evaluate on the first N problems of each split")
     ap.add_argument("--max-turns", type=int, default=5)
@@ -140,18 +143,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--data: the files need distinct names (a split is named after its file)")
     # The standard evaluation (both test sets, whole, default limits) is eval.json, which
     # rl.py reuses; any other gets a name of its own, so it never replaces that one.
-    tags = args.names + ([f"first{args.limit}"] if args.limit else [])
+    tags = args.names or ([] if args.condition == ap.get_default("condition") else [args.condition])
+    tags += [f"first{args.limit}"] if args.limit else []
     if (args.max_turns, args.max_tokens) != (ap.get_default("max_turns"), ap.get_default("max_tokens")):
         tags.append(f"turns{args.max_turns}-tokens{args.max_tokens}")
     args.result_file = "-".join(["eval"] + tags) + ".json"
     return args
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    """The command line: evaluate, or exit with one line saying what is wrong with the input."""
+    args = parse_args(argv)
     try:
         if args.data is None:
-            paths = teacher.ensure_data()
+            paths = teacher.ensure_data(os.path.join("data", args.condition), args.condition)
             files = {"ID": paths["test_id"], "OOD": paths["test_ood"]}
         else:
             files = dict(zip(args.names, args.data))

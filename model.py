@@ -14,7 +14,6 @@ template and tokenized on its own, never re-tokenized from decoded model text. e
 cuts a finished conversation into the very same pieces, so SFT trains what rollouts sample.
 Padding is always carried by attention masks, never inferred from token ids.
 """
-import json
 import os
 import shutil
 import tempfile
@@ -26,7 +25,7 @@ from jinja2 import TemplateError
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
 from transformers.cache_utils import Cache, DynamicLayer
 
-from tools import CALL_RE, call_tool, parse_tool_calls, schemas
+from tools import CALL_RE, call_tool, parse_tool_calls
 
 
 class ModelError(Exception):
@@ -35,7 +34,7 @@ class ModelError(Exception):
 
 # ------------------------------------------------------------------ the tiny default
 
-TINY_PATH = "runs/tiny"  # where the built-in tiny default is created on first use
+TINY_PATH = "runs/tiny"  # where the built-in tiny default is built (teacher.ensure_tiny)
 TINY_VOCAB = 1024        # 256 bytes + special tokens + merges: every word of the benchmark is one token
 TINY_SEED = 0
 
@@ -60,20 +59,6 @@ TINY_TEMPLATE = (
 )
 TINY_ROLES = ["<|system|>", "<|user|>", "<|assistant|>", "<|tool|>"]  # special: dropped from decoded text
 TINY_ADDED = ["<tool_call>", "</tool_call>"]  # plain added tokens: they stay in decoded text
-
-
-def tiny_corpus() -> list[str]:
-    """The text the tiny tokenizer learns from: the training split's messages and tool calls
-    (as the template prints them), the system prompt and the tool schemas."""
-    import tasks  # imported here: only building the tiny default needs the benchmark
-    import teacher
-
-    texts = [tasks.SYSTEM_PROMPT] + [json.dumps(s) for s in schemas()]
-    for record in teacher.load_records(teacher.ensure_data()["train"]):
-        for m in record["teacher"]["messages"]:
-            texts.append(m.get("content") or "")
-            texts += [json.dumps(c["function"]) for c in m.get("tool_calls") or []]
-    return texts
 
 
 def build_tokenizer(texts: list[str]) -> Qwen2Tokenizer:
@@ -138,8 +123,8 @@ def checkpoint_dir(path: str) -> str | None:
 
 def load(name_or_path: str | None = None, device: str | torch.device = "cpu", compile: bool = False,
          frozen: bool = False) -> tuple[AutoModelForCausalLM, Qwen2Tokenizer]:
-    """Load a causal LM and its tokenizer: the tiny default (built at TINY_PATH on first use)
-    when `name_or_path` is None, else a run folder written by save(), a folder written by
+    """Load a causal LM and its tokenizer: the tiny default (at TINY_PATH, built by
+    build_tiny) when `name_or_path` is None, else a run folder written by save(), a folder written by
     save_pretrained, or a hub name. The same code path for all of them.
 
     Weights stay float32: on CUDA the forward passes run under bf16 autocast (see
@@ -157,7 +142,8 @@ def load(name_or_path: str | None = None, device: str | torch.device = "cpu", co
         raise ModelError(f"device '{device}': this machine has no CUDA GPU that torch can use")
     if name_or_path is None:
         if not checkpoint_dir(TINY_PATH):
-            build_tiny(TINY_PATH, tiny_corpus())
+            raise ModelError(f"the built-in tiny student is not built yet at {TINY_PATH} "
+                             "(python sft.py or python rl.py builds it)")
         name_or_path = TINY_PATH
     name_or_path = checkpoint_dir(name_or_path) or name_or_path  # a run folder, or a model
     try:

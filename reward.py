@@ -68,10 +68,9 @@ def same_calls(student: list[dict], reference: list[dict]) -> bool:
     return True
 
 
-def match(mode: str, calls: list[dict], reference: list[dict]) -> float:
-    """How well the student's parsed `calls` match the teacher's `reference` calls, in [0, 1]."""
-    names = {c["name"] for c in calls if c["name"] in tools.TOOLS}  # hallucinated names left out
-    taught = {t["name"] for t in reference}
+def match(mode: str, calls: list[dict], reference: list[dict], names: set[str], taught: set[str]) -> float:
+    """How well the student's parsed `calls` (their registered tool `names`) match the
+    teacher's `reference` calls (their tool names `taught`), in [0, 1]."""
     if mode == "strict":
         return float(same_calls(calls, reference))
     if mode == "overlap":
@@ -88,15 +87,18 @@ def score(calls: list[dict], final: str, answer, reference: list, mode: str = "m
     it `finished`, against the gold `answer` and the teacher's `reference` calls (each
     {"name", "arguments"} or a bare tool name).
 
-    Returns {"reward", "correct", "tool_match", "invalid_calls", "has_answer", "calls", "finished"};
-    tool_match is reported in every mode (for logs), but only counts where the mode says."""
+    Returns {"reward", "correct", "tool_match", "same_tools", "invalid_calls", "has_answer",
+    "calls", "finished"}; tool_match is reported in every mode (for logs), but only counts
+    where the mode says; same_tools: the student used exactly the teacher's set of tools."""
     if mode not in MODES:
         raise ValueError(f"unknown reward mode {mode!r}; choose from {', '.join(MODES)}")
     reference = [t if isinstance(t, dict) else {"name": t} for t in reference]
     invalid = sum(1 for c in calls if c["name"] not in tools.TOOLS)
+    names = {c["name"] for c in calls if c["name"] in tools.TOOLS}  # hallucinated names left out
+    taught = {t["name"] for t in reference}
     pred = tasks.extract_answer(final)
     correct = tasks.is_correct(pred, answer)
-    m = match(mode, calls, reference)
+    m = match(mode, calls, reference, names, taught)
 
     if not finished:
         reward = 0.0
@@ -108,8 +110,8 @@ def score(calls: list[dict], final: str, answer, reference: list, mode: str = "m
         weight = {"no-match": 0.0}.get(mode, MATCH)
         reward = (CORRECT * correct + weight * m * (1 if correct else WRONG_MATCH)
                   + VALID * (invalid == 0) * (mode != "overlap"))
-    return {"reward": reward, "correct": correct, "tool_match": m, "invalid_calls": invalid,
-            "has_answer": bool(pred), "calls": len(calls), "finished": finished}
+    return {"reward": reward, "correct": correct, "tool_match": m, "same_tools": names == taught,
+            "invalid_calls": invalid, "has_answer": bool(pred), "calls": len(calls), "finished": finished}
 
 
 def score_text(text: str, answer, reference: list, mode: str = "mentor", finished: bool = True,

@@ -40,7 +40,9 @@ PROFILES = {
                  lr=1e-6, warmup=0, lr_schedule="constant", beta2=0.999, weight_decay=0.01, entropy_coef=0.001,
                  eval_every=50, eval_limit=200),
 }
-WARM_START = ["--limit", "400", "--steps", "350", "--eval-every", "0"]  # sft.py flags of the tiny warm start
+# sft.py flags of the tiny warm start: a short SFT on the weak demonstrator's trajectories,
+# which plays the pretrained student (it knows the format and has habits to unlearn).
+WARM_START = ["--traces", "demo", "--limit", "400", "--steps", "350", "--eval-every", "0"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,7 +53,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--model", default=None, help="HF model name or path (default: the built-in tiny student)")
     ap.add_argument("--init", default=None, help="checkpoint to start from (default: --model, or the tiny warm start)")
     ap.add_argument("--reward", default="mentor", choices=reward.MODES)
-    ap.add_argument("--data", default="data")
+    ap.add_argument("--condition", default="hidden", choices=tasks.CONDITIONS,
+                    help="the built-in benchmark that fills an empty --data folder")
+    ap.add_argument("--data", default=None, help="folder with train.jsonl, test_id.jsonl, test_ood.jsonl "
+                                                 "(default: data/CONDITION)")
     ap.add_argument("--out", default=None, help="run folder (default: runs/rl-REWARD)")
     # rollouts
     ap.add_argument("--steps", type=int, default=None)
@@ -109,6 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--top-p must be in (0, 1], --beta2 in [0, 1) and --dual-clip above 1")
     if args.prompts % args.minibatch:
         ap.error(f"--prompts ({args.prompts}) must be a multiple of --minibatch ({args.minibatch})")
+    args.data = args.data or os.path.join("data", args.condition)
     args.out = args.out or f"runs/rl-{args.reward}"
     return args
 
@@ -155,6 +161,22 @@ def token_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum()
 
 
+def habit_stats(scores: list[dict], records: list[dict]) -> dict:
+    """What the student does where a habit would pick other tools than the teacher: the share
+    of rollouts that use exactly the teacher's set of tools, overall and on those problems."""
+    out = {"same_tools": sum(s["same_tools"] for s in scores) / len(scores)}
+    habit = [s for s, r in zip(scores, records) if habit_differs(r)]
+    if habit:
+        out["same_tools_habit"] = sum(s["same_tools"] for s in habit) / len(habit)
+    return out
+
+
+def habit_differs(record: dict) -> bool:
+    """Whether the record's habit (built-in benchmark) uses other tools than its teacher."""
+    return bool(record.get("habit") and record["teacher"]) and \
+        set(record["habit"]["tools"]) != set(record["teacher"]["tools"])
+
+
 # ------------------------------------------------------------------------------ the loop
 
 def batched_logprobs(policy, data: dict, rows: torch.Tensor, size: int, temperature: float) -> torch.Tensor:
@@ -175,12 +197,15 @@ def trim(data: dict, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def warm_start(args: argparse.Namespace) -> str:
-    """The checkpoint RL starts from: --init, --model, or (tiny default) a short SFT on a
-    small subset, so the student knows the format but has room to improve."""
+    """The checkpoint RL starts from: --init, --model, or (tiny default) a short SFT on the
+    demonstrator's trajectories of this data, trained once per data folder and seed and
+    reused while its settings are the same (sft.finished_run)."""
     if args.init or args.model:
         return args.init or args.model
-    warm = sft.parse_args(WARM_START + ["--out", "runs/warm", "--data", args.data, "--device", args.device])
-    if not student.checkpoint_dir(warm.out):
+    name = os.path.basename(os.path.normpath(args.data)) + (f"-s{args.seed}" if args.seed else "")
+    warm = sft.parse_args(WARM_START + ["--out", f"runs/warm-{name}", "--condition", args.condition,
+                                       "--data", args.data, "--seed", str(args.seed), "--device", args.device])
+    if not sft.finished_run(warm):
         print(f"rl: no warm start yet; training one ({' '.join(WARM_START)})")
         sft.train(warm)
     return warm.out
@@ -203,9 +228,9 @@ def starting_eval(init: str, policy, tokenizer, splits: dict, args: argparse.Nam
 
 def train(args: argparse.Namespace) -> dict:
     """Run GRPO as configured; returns {"before": eval, "after": eval} on the test splits."""
-    random.seed(args.seed)
+    draw = random.Random(args.seed)  # the problems of each step (sft.py --matched draws the same)
     torch.manual_seed(args.seed)
-    paths = teacher.ensure_data(args.data)
+    paths = teacher.ensure_data(args.data, args.condition)
     train_set = teacher.load_records(paths["train"], need_teacher=args.reward != "sparse")
     splits = {name: teacher.load_records(paths[split], need_teacher=False)
               for name, split in (("ID", "test_id"), ("OOD", "test_ood"))}
@@ -233,7 +258,7 @@ def train(args: argparse.Namespace) -> dict:
     if state:
         opt.load_state_dict(state["optimizer"])
         start = state["step"]
-        random.setstate(state["python_rng"])
+        draw.setstate(state["python_rng"])
         torch.set_rng_state(state["torch_rng"])
     os.makedirs(args.out, exist_ok=True)
     evaluate.write_json(os.path.join(args.out, "args.json"), vars(args))
@@ -256,7 +281,7 @@ def train(args: argparse.Namespace) -> dict:
             group["lr"] = lr
 
         # 1. Roll out G conversations per problem with the current policy.
-        problems = random.sample(train_set, args.prompts)
+        problems = draw.sample(train_set, args.prompts)
         policy.eval()
         rollouts = []
         for i in range(0, args.prompts, args.rollout_batch):
@@ -267,7 +292,8 @@ def train(args: argparse.Namespace) -> dict:
         t_roll = time.time()
 
         # 2. Score each rollout; its advantage is how much better it did than its group's mean.
-        scores = [reward.score_rollout(r, p, args.reward) for r, p in zip(rollouts, [p for p in problems for _ in range(G)])]
+        records = [p for p in problems for _ in range(G)]
+        scores = [reward.score_rollout(r, p, args.reward) for r, p in zip(rollouts, records)]
         rewards = torch.tensor([s["reward"] for s in scores])
         adv = grpo_advantages(rewards, G).to(args.device)
         data = {k: v.to(args.device) for k, v in student.collate(rollouts, tokenizer.pad_token_id).items()}
@@ -319,6 +345,7 @@ def train(args: argparse.Namespace) -> dict:
                **{k: sum(float(s[k]) for s in scores) / len(scores)
                   for k in ("correct", "tool_match", "invalid_calls", "has_answer", "finished", "calls")},
                "zero_var_groups": (rewards.view(-1, G).std(1) == 0).float().mean().item(),
+               **habit_stats(scores, records),
                "invalid_call_rate": sum(s["invalid_calls"] for s in scores) / max(1, sum(s["calls"] for s in scores)),
                "response_tokens": sampled / len(rollouts),
                **{k: v / (sampled * args.ppo_epochs) for k, v in stats.items()},
@@ -334,7 +361,7 @@ def train(args: argparse.Namespace) -> dict:
         bar.set_postfix(reward=f"{row['reward']:.3f}", acc=f"{row['correct']:.2f}", kl=f"{row['kl']:.4f}")
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
             student.save(args.out, policy, tokenizer, state={
-                "step": step + 1, "optimizer": opt.state_dict(), "python_rng": random.getstate(),
+                "step": step + 1, "optimizer": opt.state_dict(), "python_rng": draw.getstate(),
                 "torch_rng": torch.get_rng_state(), "init": init, "reward": args.reward, "before": before})
 
     after = sft.evaluate_splits(policy, tokenizer, splits, None, args.max_turns, args.max_tokens)
@@ -346,9 +373,14 @@ def train(args: argparse.Namespace) -> dict:
     return {"before": before, "after": after}
 
 
-if __name__ == "__main__":
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    """The command line: train, or exit with one line saying what is wrong with the input."""
+    args = parse_args(argv)
     try:
         train(args)
     except (teacher.DataError, student.ModelError, OSError) as e:  # OSError: e.g. --out names a file
         sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

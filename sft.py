@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import os
+import random
 import sys
 import time
 
@@ -34,9 +35,17 @@ PROFILES = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="Supervised fine-tuning on teacher trajectories.")
     ap.add_argument("--model", default=None, help="HF model name or path (default: the built-in tiny student)")
-    ap.add_argument("--data", default="data", help="folder with train.jsonl, test_id.jsonl, test_ood.jsonl")
+    ap.add_argument("--condition", default="hidden", choices=tasks.CONDITIONS,
+                    help="the built-in benchmark that fills an empty --data folder")
+    ap.add_argument("--data", default=None, help="folder with train.jsonl, test_id.jsonl, test_ood.jsonl "
+                                                 "(default: data/CONDITION)")
     ap.add_argument("--out", default="runs/sft", help="run folder")
+    ap.add_argument("--traces", choices=["teacher", "demo"], default="teacher",
+                    help="learn the teacher's trajectories, or the weak demonstrator's where a record has them "
+                         "(the warm start that plays a pretrained student)")
     ap.add_argument("--limit", type=int, default=None, help="train on the first N examples only (warm start)")
+    ap.add_argument("--matched", action="store_true",
+                    help="draw each step's batch as rl.py draws its problems (same seed: the same problems)")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None)
@@ -52,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, key, value)
     if min(args.steps, args.batch_size, args.eval_limit, 1 if args.limit is None else args.limit) < 1 or args.lr <= 0:
         ap.error("--steps, --batch-size, --eval-limit, --limit and --lr must be positive")
+    args.data = args.data or os.path.join("data", args.condition)
     if min(args.warmup, args.eval_every) < 0:
         ap.error("--warmup and --eval-every cannot be negative")
     return args
@@ -90,26 +100,58 @@ def evaluate_splits(policy, tokenizer, splits: dict[str, list[dict]], limit: int
     return out
 
 
-def conversation(record: dict, authors: bool) -> list[dict]:
-    """The teacher's trajectory behind the student's own prompt (tasks.prompt), so SFT trains
-    on the very prompt that rollouts and evaluations start from."""
-    messages = record["teacher"]["messages"]
+def conversation(record: dict, messages: list[dict], authors: bool) -> list[dict]:
+    """A trajectory of `record` (its `messages`) behind the student's own prompt
+    (tasks.prompt), so SFT trains on the very prompt that rollouts and evaluations start from."""
     first = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
     return tasks.prompt(record["question"], authors) + messages[first:]
+
+
+# Run settings that say where and how a run is written, run or logged, not what it learns:
+# a finished run that differs only in these is reused.
+IGNORED = {"out", "device", "compile", "grad_ckpt", "micro_batch", "resume", "save_every", "eval_every",
+           "eval_limit"}
+
+
+def finished_run(run: argparse.Namespace) -> bool:
+    """Whether run.out holds a finished run (its eval.json) of these very settings: False
+    when it holds none. Raises ModelError when it holds one trained with other settings
+    (its args.json), rather than report that run as this one or delete it."""
+    if not os.path.isfile(os.path.join(run.out, "eval.json")):
+        return False
+    try:
+        with open(os.path.join(run.out, "args.json")) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        saved = None
+    if not isinstance(saved, dict):
+        raise student.ModelError(f"{run.out} has no readable args.json, so how it was trained is unknown; "
+                                 "use another --out or delete it")
+    wanted = json.loads(json.dumps(vars(run)))  # as args.json stores it
+    changed = [key for key in wanted if key not in IGNORED and (key not in saved or saved[key] != wanted[key])]
+    if changed:
+        old = " and ".join(f"{key}={saved.get(key, 'unset')}" for key in changed)
+        new = " and ".join(str(wanted[key]) for key in changed)
+        raise student.ModelError(f"{run.out} was trained with {old}, this run asks for {new}; "
+                                 "use another --out or delete it")
+    return True
 
 
 def train(args: argparse.Namespace) -> dict[str, dict]:
     """Run SFT as configured by `args`; returns the final evaluation per split."""
     torch.manual_seed(args.seed)
-    paths = teacher.ensure_data(args.data)
-    records = [r for r in teacher.load_records(paths["train"]) if r["teacher"]["messages"]][:args.limit]
-    if not records:
-        raise teacher.DataError(f"{paths['train']}: no teacher trajectories (messages) to learn from")
+    paths = teacher.ensure_data(args.data, args.condition)
+    records = teacher.load_records(paths["train"])[:args.limit]
+    traces = [(r["demo"] if args.traces == "demo" and r["demo"] else r["teacher"])["messages"] for r in records]
+    if not all(traces):
+        raise teacher.DataError(f"{paths['train']}: records without trajectories (messages) to learn from")
     splits = {name: teacher.load_records(paths[split], need_teacher=False)
               for name, split in (("ID", "test_id"), ("OOD", "test_ood"))}
+    if args.model is None:
+        teacher.ensure_tiny()
     policy, tokenizer = student.load(args.model, device=args.device, compile=args.compile)
     authors = not student.is_tiny(tokenizer)
-    examples = [student.encode(tokenizer, conversation(r, authors), tools.schemas()) for r in records]
+    examples = [student.encode(tokenizer, conversation(r, t, authors), tools.schemas()) for r, t in zip(records, traces)]
     os.makedirs(args.out, exist_ok=True)
     evaluate.write_json(os.path.join(args.out, "args.json"), vars(args))
     log = open(os.path.join(args.out, "metrics.jsonl"), "w")
@@ -118,6 +160,7 @@ def train(args: argparse.Namespace) -> dict[str, dict]:
 
     opt = torch.optim.AdamW(policy.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
     gen = torch.Generator().manual_seed(args.seed)
+    draw = random.Random(args.seed)  # --matched: rl.py's draw of problems
     policy.train()
     bar = tqdm(range(args.steps), desc="sft")
     for step in bar:
@@ -125,7 +168,10 @@ def train(args: argparse.Namespace) -> dict[str, dict]:
         lr = lr_at(step, args.lr, args.warmup, args.steps)
         for group in opt.param_groups:
             group["lr"] = lr
-        picks = torch.randint(len(examples), (args.batch_size,), generator=gen).tolist()
+        if args.matched:
+            picks = draw.sample(range(len(examples)), args.batch_size)
+        else:
+            picks = torch.randint(len(examples), (args.batch_size,), generator=gen).tolist()
         ids, attn, mask = batch([examples[i] for i in picks], tokenizer.pad_token_id, args.device)
         logp = student.logprobs(policy, ids, attn)  # bf16 autocast on CUDA inside
         loss = -(logp * mask).sum() / mask.sum()
@@ -151,9 +197,14 @@ def train(args: argparse.Namespace) -> dict[str, dict]:
     return final
 
 
-if __name__ == "__main__":
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    """The command line: train, or exit with one line saying what is wrong with the input."""
+    args = parse_args(argv)
     try:
         train(args)
     except (teacher.DataError, student.ModelError, OSError) as e:  # OSError: e.g. --out names a file
         sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

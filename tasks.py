@@ -22,6 +22,7 @@ versus multiply(x, x)), so strict replication of the teacher and flexible matchi
 import math
 import random
 import re
+import sys
 from dataclasses import dataclass, field
 
 import tools
@@ -44,10 +45,12 @@ def prompt(question: str, authors: bool = False) -> list[dict]:
 class Problem:
     id: str
     question: str
-    answer: str
+    answer: str       # the gold answer: the right plan run through the tools
     split: str
     family: str
     plan: list = field(default_factory=list)  # the teacher's turns of calls, "#k" = k-th result
+    habit: list | None = None  # the weak demonstrator's habit, where it picks other tools than the teacher
+    demo: list | None = None   # the plan the demonstrator wrote down (the teacher's or the habit); None: plan
 
 
 # ------------------------------------------------------------------------- the families
@@ -150,6 +153,95 @@ RANGES = {"add_more": (1, 9999), "sold": (1, 9999), "gap": (1, 9999),  # 1 to 4 
 DEFAULT_RANGE = (1, 999)  # 1 to 3 digits
 
 
+
+# ------------------------------------------------------------- habits: the method's lesson
+# A weak demonstrator (playing a pretrained student) picks some tools by a surface habit
+# instead of by what the question asks. Each habit family returns (question, the right plan,
+# the habit's plan or None where the habit agrees with it); `numbers` sets whether the outcome
+# can tell the two apart: "hidden" (never: the habit's answer is right too), "free" (as the
+# numbers fall) or "exposed" (always: the habit's answer is wrong).
+
+ITEMS = ["apples", "pens", "eggs", "books", "cups", "shirts"]
+# The habit: the container's noun picks the rounding tool; the wording should.
+CONTAINERS = {"box": "floor", "crate": "ceil", "bag": "round_number"}
+PLURAL = {"box": "boxes", "crate": "crates", "bag": "bags"}
+WORDINGS = {"floor": "How many full {c} are there?",
+            "ceil": "How many {c} are needed for all of them?",
+            "round_number": "How many {c} is that, to the nearest whole {one}?"}
+
+
+def outcomes_differ(plan: list, habit: list) -> bool:
+    return run_plan(plan)[1] != run_plan(habit)[1]
+
+
+def packing(rng: random.Random, numbers: str, exposed_only: bool = False):
+    """Divide, then round as the wording says (floor, ceil or round_number); the habit rounds
+    by the container (a box is floored, a crate ceiled, a bag rounded)."""
+    container = rng.choice(list(CONTAINERS))
+    wording = rng.choice([w for w in WORDINGS if not exposed_only or w != CONTAINERS[container]])
+    b = rng.randint(3, 12)
+    plan = lambda tool: [[("divide", {"a": a, "b": b})], [(tool, {"x": "#0"})]]  # noqa: E731
+    habit = CONTAINERS[container] if CONTAINERS[container] != wording else None
+    while True:
+        # A multiple of b divides evenly, so every rounding agrees. Never exactly x.5, where
+        # round_number's banker's rounding would surprise a reader.
+        a = b * rng.randint(2, 99) if habit and numbers == "hidden" else rng.randint(b + 1, 999)
+        if (2 * a) % b == 0 and a % b:
+            continue
+        if numbers != "exposed" or outcomes_differ(plan(wording), plan(habit)):
+            break
+    c = PLURAL[container]
+    q = f"{a} {rng.choice(ITEMS)} are packed in {c} of {b}. " + WORDINGS[wording].format(c=c, one=container)
+    return q, plan(wording), plan(habit) if habit else None
+
+
+def heights(rng: random.Random, numbers: str, exposed_only: bool = False):
+    """subtract, then abs_value: how far apart two heights are. The habit skips abs_value for
+    towers (it thinks of the first as the taller); hidden, the first tower is the taller."""
+    place = "tower" if exposed_only else rng.choice(["tower", "hill"])
+    a, b = num(rng, 1, 9999), num(rng, 1, 9999)
+    while a == b:
+        b = num(rng, 1, 9999)
+    if place == "tower" and numbers != "free" and (a > b) != (numbers == "hidden"):
+        a, b = b, a
+    plan = [[("subtract", {"a": a, "b": b})], [("abs_value", {"x": "#0"})]]
+    habit = [[("subtract", {"a": a, "b": b})]] if place == "tower" else None
+    q = f"A red {place} is {a} meters high and a blue {place} is {b} meters high. How far apart are their heights?"
+    return q, plan, habit
+
+
+def ood_packing(rng, numbers):
+    return packing(rng, "exposed", exposed_only=True)
+
+
+def ood_heights(rng, numbers):
+    return heights(rng, "exposed", exposed_only=True)
+
+
+def ood_climb(rng, numbers):
+    """Four calls where no training family takes more than two: the towers' gap (the abs_value
+    habit exposed) covered with crates (ceil, as both wording and container say)."""
+    _, plan, habit = heights(rng, "exposed", exposed_only=True)
+    c = rng.randint(3, 12)
+    a, b = plan[0][0][1]["a"], plan[0][0][1]["b"]
+    q = (f"A red tower is {a} meters high and a blue tower is {b} meters high. The gap between them is "
+         f"filled with crates of {c} meters. How many crates are needed for all of them?")
+    tail = [[("divide", {"a": "#1", "b": c})], [("ceil", {"x": "#2"})]]  # after subtract #0, abs_value #1
+    return q, plan + tail, habit + [[("divide", {"a": "#0", "b": c})], [("ceil", {"x": "#1"})]]
+
+
+HABIT_FAMILIES = {"packing": packing, "heights": heights}
+HABIT_OOD = {"ood_packing": ood_packing, "ood_heights": ood_heights, "ood_climb": ood_climb}
+HABIT_RATE = 0.65  # how often the demonstrator follows its habit where the habit applies
+WRONG_RATE = 0.2   # "wrong": how often the teacher's tools are wrong on the packing family
+
+# Conditions: what the teacher's tools can teach that the outcome cannot.
+#   hidden   the habit's answer is right on every training problem, wrong out of domain
+#   refuted  the same habit, on numbers as they fall: the outcome refutes it on most problems
+#   wrong    hidden, but the teacher's rounding tool is wrong on 20% of packing problems
+#   none     the original suite: the demonstrator is the teacher, no habit to unlearn
+CONDITIONS = ("hidden", "refuted", "wrong", "none")
+
 # ----------------------------------------------------------------------- running a plan
 
 def run_plan(plan: list) -> tuple[list[list[dict]], str]:
@@ -175,37 +267,58 @@ def float_or_int(text: str) -> int | float:
     return int(value) if value.is_integer() else value
 
 
-def make_problem(family: str, rng: random.Random, split: str, index: int) -> Problem:
-    fn = OOD_FAMILIES[family] if family.startswith("ood_") else ID_FAMILIES[family]
-    lo, hi = RANGES.get(family, DEFAULT_RANGE)
-    question, plan = fn(rng, lo, hi)
-    _, answer = run_plan(plan)
-    return Problem(f"{split}-{index}", question, answer, split, family, plan)
+def make_problem(condition: str, family: str, rng: random.Random, split: str, index: int) -> Problem:
+    """One problem of `family` under `condition`: the gold answer from the right plan; the
+    teacher's plan (wrong on some packing problems of the "wrong" condition's training split);
+    the habit's plan and the demonstrator's (the habit on HABIT_RATE of the problems it applies to)."""
+    if family in HABIT_FAMILIES or family in HABIT_OOD:
+        numbers = "free" if condition == "refuted" else "hidden"
+        question, plan, habit = {**HABIT_FAMILIES, **HABIT_OOD}[family](rng, numbers)
+    else:
+        fn = OOD_FAMILIES[family] if family.startswith("ood_") else ID_FAMILIES[family]
+        question, plan = fn(rng, *RANGES.get(family, DEFAULT_RANGE))
+        habit = None
+    answer = run_plan(plan)[1]
+    demo = habit if habit and rng.random() < HABIT_RATE else None
+    if condition == "wrong" and split == "train" and family == "packing" and rng.random() < WRONG_RATE:
+        # A teacher that rounds wrongly: the habit's tool where there is one, else another one
+        # (the demonstrator keeps writing its own plan, the right one or its habit)
+        right = plan[1][0][0]
+        tool = habit[1][0][0] if habit else rng.choice([t for t in CONTAINERS.values() if t != right])
+        plan, demo = [plan[0], [(tool, plan[1][0][1])]], demo or plan
+    return Problem(f"{split}-{index}", question, answer, split, family, plan, habit, demo)
 
 
-def make_split(split: str, families: list[str], count: int, seed: int, exclude: set[str]) -> list[Problem]:
+def make_split(condition: str, split: str, families: list[str], count: int, seed: int,
+               exclude: set[str]) -> list[Problem]:
     """`count` distinct problems, families round-robin, none whose question is in `exclude`."""
     rng = random.Random(seed)
     problems, seen = [], set(exclude)
     for _ in range(100 * count):  # a family too small for `count` fails loudly, never hangs
         if len(problems) == count:
             return problems
-        p = make_problem(families[len(problems) % len(families)], rng, split, len(problems))
+        p = make_problem(condition, families[len(problems) % len(families)], rng, split, len(problems))
         if p.question not in seen:
             seen.add(p.question)
             problems.append(p)
     raise ValueError(f"{split}: could not draw {count} distinct problems from {families}")
 
 
-def benchmark(n_train: int = 4000, n_test: int = 300, seed: int = 0) -> dict[str, list[Problem]]:
-    """The fixed ID and OOD test sets and a training set of `n_train` problems, disjoint.
+def benchmark(condition: str = "hidden", n_train: int = 4000, n_test: int = 300,
+              seed: int = 0) -> dict[str, list[Problem]]:
+    """The fixed ID and OOD test sets and a training set of `n_train` problems, disjoint, of
+    one of CONDITIONS.
 
-    Test sets depend only on `seed` and `n_test`, so every training-set size is scored on
-    the same test problems."""
-    test_id = make_split("test_id", list(ID_FAMILIES), n_test, seed + 1, set())
-    test_ood = make_split("test_ood", list(OOD_FAMILIES), n_test, seed + 2, set())
+    Test sets depend only on the condition, `seed` and `n_test`, so every training-set size is
+    scored on the same test problems."""
+    if condition not in CONDITIONS:
+        raise ValueError(f"unknown condition {condition!r}; choose from {', '.join(CONDITIONS)}")
+    id_families, ood_families = (list(ID_FAMILIES), list(OOD_FAMILIES)) if condition == "none" else \
+        (list(HABIT_FAMILIES), list(HABIT_OOD))
+    test_id = make_split(condition, "test_id", id_families, n_test, seed + 1, set())
+    test_ood = make_split(condition, "test_ood", ood_families, n_test, seed + 2, set())
     held_out = {p.question for p in test_id + test_ood}
-    train = make_split("train", list(ID_FAMILIES), n_train, seed + 3, held_out)
+    train = make_split(condition, "train", id_families, n_train, seed + 3, held_out)
     return {"train": train, "test_id": test_id, "test_ood": test_ood}
 
 
@@ -225,14 +338,43 @@ def normalize(text: str) -> str:
 
 
 def is_correct(pred: str | None, gold, rel_tol: float = 1e-4) -> bool:
-    """Numeric answers equal within a relative tolerance; other answers equal after
-    normalising case, whitespace and punctuation."""
+    """Numeric answers equal within a relative tolerance; answers in LaTeX or with a fraction
+    (\\frac{3}{4}, 2\\sqrt{2}, 3/4) equal as mathematics when math-verify is installed; other
+    answers equal after normalising case, whitespace and punctuation."""
     if pred is None:
         return False
     p, g = to_number(pred), to_number(gold)
     if p is not None and g is not None:
         return math.isclose(p, g, rel_tol=rel_tol, abs_tol=1e-9)
+    if any(c in pred + str(gold) for c in "\\^{}/"):
+        same = same_math(pred, str(gold))
+        if same is not None:
+            return same
     return normalize(pred) == normalize(gold) and normalize(gold) != ""
+
+
+NO_MATH_VERIFY = "note: LaTeX answers are compared as text; pip install math-verify to compare them as mathematics"
+
+
+def same_math(pred: str, gold: str) -> bool | None:
+    """Whether two answers are the same mathematics (math-verify, the authors' checker); None
+    when math-verify is not installed (a note says so, once)."""
+    try:
+        from math_verify import parse, verify
+    except ImportError:
+        if NO_MATH_VERIFY not in warned:
+            warned.add(NO_MATH_VERIFY)
+            print(NO_MATH_VERIFY, file=sys.stderr)
+        return None
+    if len(pred) > 500:  # a model's runaway box: not worth a parser's time
+        return False
+    try:
+        return verify(parse(f"\\boxed{{{gold}}}"), parse(f"\\boxed{{{pred}}}"))
+    except Exception:  # math-verify's own timeouts and parse failures: not the same answer
+        return False
+
+
+warned: set[str] = set()
 
 
 def extract_answer(text: str) -> str | None:

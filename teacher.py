@@ -33,12 +33,12 @@ class DataError(Exception):
 
 # ------------------------------------------------------------------ the scripted teacher
 
-def trajectory(problem: tasks.Problem) -> list[dict]:
-    """The teacher's chat messages for `problem`: one assistant turn per plan turn (its
-    calls in the OpenAI/HF `tool_calls` shape), the real tool outputs as tool messages, and
-    a final assistant turn with \\boxed{answer}."""
+def trajectory(problem: tasks.Problem, plan: list | None = None) -> list[dict]:
+    """The chat messages of solving `problem` with `plan` (default: the teacher's): one
+    assistant turn per plan turn (its calls in the OpenAI/HF `tool_calls` shape), the real tool
+    outputs as tool messages, and a final assistant turn with \\boxed{the plan's answer}."""
     messages = tasks.prompt(problem.question)
-    turns, answer = tasks.run_plan(problem.plan)
+    turns, answer = tasks.run_plan(plan or problem.plan)
     for turn in turns:
         messages.append({"role": "assistant", "content": "", "tool_calls": [
             {"type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}} for c in turn]})
@@ -75,10 +75,42 @@ def replay(messages: list[dict]) -> str | None:
 
 
 def record(problem: tasks.Problem, messages: list[dict]) -> dict:
-    """The JSONL record of one problem and its teacher trajectory."""
-    return {"id": problem.id, "question": problem.question, "answer": problem.answer,
-            "split": problem.split, "family": problem.family,
-            "teacher": {"messages": messages, "tools": [c["name"] for c in tool_calls(messages)]}}
+    """The JSONL record of one problem and its teacher trajectory `messages`. Where the weak
+    demonstrator wrote down another plan, its trajectory too ("demo", the warm start's data);
+    where a habit applies, the habit's tools and answer ("habit", for the gate's statistics)."""
+    r = {"id": problem.id, "question": problem.question, "answer": problem.answer,
+         "split": problem.split, "family": problem.family,
+         "teacher": {"messages": messages, "tools": [c["name"] for c in tool_calls(messages)]}}
+    if problem.demo:
+        demo = trajectory(problem, problem.demo)
+        r["demo"] = {"messages": demo, "tools": [c["name"] for c in tool_calls(demo)]}
+    if problem.habit:
+        turns, answer = tasks.run_plan(problem.habit)
+        r["habit"] = {"tools": [c["name"] for turn in turns for c in turn], "answer": answer}
+    return r
+
+
+def tiny_corpus(n_train: int = 4000, seed: int = 0) -> list[str]:
+    """The text the tiny student's tokenizer learns from: the system prompt, the tool schemas,
+    and the training problems of every built-in condition, as their trajectories (teacher's
+    and demonstrator's) print them."""
+    texts = [tasks.SYSTEM_PROMPT] + [json.dumps(s) for s in tools.schemas()]
+    for condition in tasks.CONDITIONS:
+        for problem in tasks.benchmark(condition, n_train=n_train, seed=seed)["train"]:
+            for plan in (problem.plan, problem.demo):
+                for m in trajectory(problem, plan)[1:] if plan else []:  # the system prompt is in already
+                    texts.append(m.get("content") or "")
+                    texts += [json.dumps(c["function"]) for c in m.get("tool_calls") or []]
+    return texts
+
+
+def ensure_tiny() -> None:
+    """Build the built-in tiny student (model.TINY_PATH) unless it is there already."""
+    import model as student  # imported here: the scripted teacher needs no torch model
+
+    if not student.checkpoint_dir(student.TINY_PATH):
+        print(f"building the tiny student at {student.TINY_PATH}")
+        student.build_tiny(student.TINY_PATH, tiny_corpus())
 
 
 # ------------------------------------------------------------------------- the LLM teacher
@@ -188,7 +220,8 @@ def load_records(path: str, need_teacher: bool = True) -> list[dict]:
 
     A row needs `question` and `answer` (or the authors' `reward_model.ground_truth`), and a
     teacher reference (see teacher_of) unless `need_teacher` is False (the sparse reward
-    needs none); then the record's "teacher" is None. The authors' `data_source` serves as
+    needs none); then the record's "teacher" is None. The built-in benchmark's "demo" and
+    "habit" are kept (None when absent). The authors' `data_source` serves as
     the family when there is none; their `extra_info` (tool schemas and code) is never read, let alone run.
     Raises DataError naming the file and line, or listing the tool names no tool implements."""
     records, unknown = [], {}
@@ -209,10 +242,14 @@ def load_records(path: str, need_teacher: bool = True) -> list[dict]:
         for name in reference["tools"] if reference else []:
             if name not in tools.TOOLS:
                 unknown.setdefault(name, lineno)
+        try:
+            demo = teacher_of({"teacher": row["demo"]}) if "demo" in row else None
+        except ValueError as e:
+            raise DataError(f"{where}: 'demo' {e}") from None
         records.append({"id": str(row.get("id", f"{os.path.basename(path)}-{lineno}")),
                         "question": str(row["question"]), "answer": str(answer),
                         "split": row.get("split", ""), "family": row.get("family", row.get("data_source", "")),
-                        "teacher": reference})
+                        "teacher": reference, "demo": demo, "habit": row.get("habit")})
     if unknown:
         names = ", ".join(f"'{n}' (line {line})" for n, line in unknown.items())
         raise DataError(f"{path}: the teacher uses tools that tools.py does not have: {names}; "
@@ -231,10 +268,11 @@ def check_folder(path: str) -> None:
         raise DataError(f"{path}: not a folder")
 
 
-def ensure_data(data_dir: str = "data", n_train: int = 4000, seed: int = 0) -> dict[str, str]:
+def ensure_data(data_dir: str, condition: str = "hidden", n_train: int = 4000, seed: int = 0) -> dict[str, str]:
     """Paths of the three splits in `data_dir` (SPLIT.jsonl, or SPLIT.parquet). When none of
-    them exists, they are written with the scripted teacher; when only some do, DataError
-    names the missing ones (the user's own files are never overwritten)."""
+    them exists, they are written: the built-in benchmark of `condition`, solved by the
+    scripted teacher; when only some do, DataError names the missing ones (the user's own
+    files are never overwritten)."""
     check_folder(data_dir)
     paths = {}
     for split in SPLITS:
@@ -242,22 +280,23 @@ def ensure_data(data_dir: str = "data", n_train: int = 4000, seed: int = 0) -> d
         paths[split] = parquet if os.path.exists(parquet) and not os.path.exists(jsonl) else jsonl
     missing = [p for p in paths.values() if not os.path.exists(p)]
     if len(missing) == len(paths):
-        write_scripted(data_dir, n_train, seed)
+        write_scripted(data_dir, condition, n_train, seed)
     elif missing:
         raise DataError(f"{', '.join(missing)}: missing; give all three splits, or none for the built-in benchmark")
     return paths
 
 
-def write_scripted(data_dir: str, n_train: int, seed: int) -> dict[str, Counter]:
-    """Solve the benchmark with the scripted teacher, check every trajectory by replay, write
-    the three files. Returns the count of problems per family, per split."""
+def write_scripted(data_dir: str, condition: str, n_train: int, seed: int) -> dict[str, Counter]:
+    """Solve the benchmark of `condition` with the scripted teacher, check every trajectory by
+    replay, write the three files. Returns the count of problems per family, per split."""
     counts = {}
-    for split, problems in tasks.benchmark(n_train=n_train, seed=seed).items():
+    for split, problems in tasks.benchmark(condition, n_train=n_train, seed=seed).items():
         records = []
         for p in problems:
             messages = trajectory(p)
-            if not tasks.is_correct(replay(messages), p.answer):
-                raise AssertionError(f"teacher trajectory of {p.id} does not replay to {p.answer}")
+            # The replay must give the plan's answer (the gold one, unless the teacher is wrong on purpose).
+            if replay(messages) != tasks.run_plan(p.plan)[1]:
+                raise AssertionError(f"teacher trajectory of {p.id} does not replay")
             records.append(record(p, messages))
         write_jsonl(os.path.join(data_dir, f"{split}.jsonl"), records)
         counts[split] = Counter(p.family for p in problems)
@@ -266,7 +305,9 @@ def write_scripted(data_dir: str, n_train: int, seed: int) -> dict[str, Counter]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="data", help="folder for train.jsonl, test_id.jsonl, test_ood.jsonl")
+    ap.add_argument("--condition", default="hidden", choices=tasks.CONDITIONS, help="which built-in benchmark")
+    ap.add_argument("--out", default=None, help="folder for train.jsonl, test_id.jsonl, test_ood.jsonl "
+                                                "(default: data/CONDITION)")
     ap.add_argument("--n-train", type=int, default=4000, help="training problems")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default=None, help="an HF causal LM (name or path) to use as the teacher")
@@ -277,6 +318,7 @@ def main() -> None:
     for flag in ("n_train", "samples", "batch"):
         if getattr(args, flag) < 1:
             ap.error(f"--{flag.replace('_', '-')} must be at least 1")
+    args.out = args.out or os.path.join("data", args.condition)
 
     errors: tuple[type[Exception], ...] = (DataError, OSError)  # OSError: e.g. a folder we may not write
     if args.model is not None:
@@ -288,12 +330,12 @@ def main() -> None:
     try:
         check_folder(args.out)
         if args.model is None:
-            for split, counts in write_scripted(args.out, args.n_train, args.seed).items():
+            for split, counts in write_scripted(args.out, args.condition, args.n_train, args.seed).items():
                 print(f"{args.out}/{split}.jsonl: {sum(counts.values())} problems  " +
                       "  ".join(f"{f}={n}" for f, n in sorted(counts.items())))
             return
         # All splits in one pass, so the model is loaded once.
-        splits = tasks.benchmark(n_train=args.n_train, seed=args.seed)
+        splits = tasks.benchmark(args.condition, n_train=args.n_train, seed=args.seed)
         kept = llm_records(args.model, [p for problems in splits.values() for p in problems], args.samples,
                            args.seed, device, args.batch)
         for split, problems in splits.items():

@@ -36,65 +36,68 @@ def finished_run(run) -> str:
 
 
 def test_compare_methods_are_deduplicated_in_order():
-    assert compare.parse_args(["--methods", "mentor", "sft", "mentor"]).methods == ["mentor", "sft"]
+    assert compare.parse_args(["--methods", "mentor", "sft-all", "mentor"]).methods == ["mentor", "sft-all"]
 
 
 def test_compare_reuses_a_run_of_the_same_settings(tmp_path, no_training):
     args = compare.parse_args(["--out", str(tmp_path), "--device", "cpu"])
-    warm = finished_run(compare.warm_args(0, rl.WARM_START, args))
-    assert compare.run_warm(0, rl.WARM_START, args) == warm
-    for method in ("sft", "mentor"):
-        out = finished_run(compare.method_args(method, 0, warm, args))
+    warm = finished_run(compare.warm_args("hidden", 0, args))
+    assert compare.run_warm("hidden", 0, args) == warm
+    for method in ("sft-all", "sft-matched", "mentor"):
+        out = finished_run(compare.method_args("hidden", method, 0, warm, args))
         # Where a run is written and on which device do not change what it learned.
-        assert compare.run_method(method, 0, warm, compare.parse_args(["--out", str(tmp_path), "--device", "cuda"])) == out
+        cuda = compare.parse_args(["--out", str(tmp_path), "--device", "cuda"])
+        assert compare.run_method("hidden", method, 0, warm, cuda) == out
 
 
 @pytest.mark.parametrize("method, flags, message", [
     ("mentor", ["--rl-steps", "5"], "was trained with steps=60, this run asks for 5; use another --out or delete it"),
-    ("sft", ["--sft-steps", "5"], "was trained with steps=600, this run asks for 5"),
-    ("strict", ["--data", "other"], "was trained with data=data, this run asks for other"),
+    ("sft-all", ["--sft-steps", "5"], "was trained with steps=600, this run asks for 5"),
+    ("sft-matched", ["--rl-steps", "5"], "was trained with steps=60, this run asks for 5"),
 ])
 def test_compare_refuses_a_run_of_other_settings(tmp_path, no_training, method, flags, message):
     warm = str(tmp_path / "warm-s0")
-    finished_run(compare.method_args(method, 0, warm, compare.parse_args(["--out", str(tmp_path)])))
+    finished_run(compare.method_args("hidden", method, 0, warm, compare.parse_args(["--out", str(tmp_path)])))
     with pytest.raises(model.ModelError, match=message):
-        compare.run_method(method, 0, warm, compare.parse_args(["--out", str(tmp_path)] + flags))
+        compare.run_method("hidden", method, 0, warm, compare.parse_args(["--out", str(tmp_path)] + flags))
 
 
 def test_compare_refuses_an_rl_run_of_fewer_steps(tmp_path, no_training):
     # args.json as rl.py wrote it for compare.py's mentor run of seed 0, with the default 60 steps.
-    warm, out = str(tmp_path / "warm-s0"), str(tmp_path / "mentor-s0")
-    finished_run(rl.parse_args(["--data", "data", "--device", "cpu", "--seed", "0", "--out", out, "--init", warm,
+    warm, out = str(tmp_path / "warm-s0"), str(tmp_path / "hidden" / "mentor-s0")
+    finished_run(rl.parse_args(["--condition", "hidden", "--device", "cpu", "--seed", "0", "--out", out, "--init", warm,
                                 "--reward", "mentor", "--steps", "60", "--eval-every", "0"]))
-    assert compare.run_method("mentor", 0, warm, compare.parse_args(["--out", str(tmp_path)])) == out
+    assert compare.run_method("hidden", "mentor", 0, warm, compare.parse_args(["--out", str(tmp_path)])) == out
     with pytest.raises(model.ModelError, match=f"^{out} was trained with steps=60, this run asks for 5; "):
-        compare.run_method("mentor", 0, warm, compare.parse_args(["--out", str(tmp_path), "--rl-steps", "5"]))
+        compare.run_method("hidden", "mentor", 0, warm, compare.parse_args(["--out", str(tmp_path), "--rl-steps", "5"]))
 
 
-def test_compare_refuses_a_warm_start_of_other_settings(tmp_path, no_training):
+def test_compare_refuses_a_warm_start_of_other_settings(tmp_path, no_training, monkeypatch):
     args = compare.parse_args(["--out", str(tmp_path)])
-    finished_run(compare.warm_args(0, rl.WARM_START + ["--lr", "0.01"], args))
-    with pytest.raises(model.ModelError, match="warm-s0 was trained with lr=0.01, this run asks for 0.003"):
-        compare.run_warm(0, rl.WARM_START, args)
+    finished_run(compare.warm_args("hidden", 0, args))
+    args.warm_start = rl.WARM_START + ["--lr", "0.01"]
+    with pytest.raises(model.ModelError, match="warm-s0 was trained with lr=0.003, this run asks for 0.01"):
+        compare.run_warm("hidden", 0, args)
 
 
 def test_compare_refuses_a_finished_run_without_args(tmp_path, no_training):
-    (tmp_path / "mentor-s0").mkdir()
-    (tmp_path / "mentor-s0" / "eval.json").write_text("{}")
+    (tmp_path / "hidden" / "mentor-s0").mkdir(parents=True)
+    (tmp_path / "hidden" / "mentor-s0" / "eval.json").write_text("{}")
     with pytest.raises(model.ModelError, match="mentor-s0 has no readable args.json"):
-        compare.run_method("mentor", 0, str(tmp_path / "warm-s0"), compare.parse_args(["--out", str(tmp_path)]))
+        compare.run_method("hidden", "mentor", 0, str(tmp_path / "warm-s0"),
+                           compare.parse_args(["--out", str(tmp_path)]))
 
 
 def test_compare_main_stops_before_training_anything(tmp_path, no_training, monkeypatch):
     # The warm start is missing (it would train first); the stale run must stop the comparison before.
     old = compare.parse_args(["--out", str(tmp_path)])
-    finished_run(compare.method_args("mentor", 0, str(tmp_path / "warm-s0"), old))
-    monkeypatch.setattr(compare.teacher, "ensure_data", lambda data: None)
+    finished_run(compare.method_args("hidden", "mentor", 0, str(tmp_path / "hidden" / "warm-s0"), old))
+    monkeypatch.setattr(compare.teacher, "ensure_data", lambda data, condition: None)
     monkeypatch.setattr(sys, "argv", ["compare.py", "--out", str(tmp_path), "--seeds", "1", "--methods", "mentor",
-                                      "--rl-steps", "5"])
+                                      "--conditions", "hidden", "--rl-steps", "5"])
     with pytest.raises(SystemExit) as e:
         compare.main()
-    assert str(e.value.code).startswith(f"error: {tmp_path / 'mentor-s0'} was trained with steps=60")
+    assert str(e.value.code).startswith(f"error: {tmp_path / 'hidden' / 'mentor-s0'} was trained with steps=60")
 
 
 @pytest.mark.parametrize("flags", [["--repeats", "0"], ["--batch", "0"], ["--max-tokens", "0"], ["--warmup", "-1"],
@@ -119,3 +122,37 @@ def test_bench_reports_a_bad_model_in_one_line(tmp_path):
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "nope" in lines[0]
+
+
+class FakeRollout:
+    """What reward.score_rollout reads of a model.Rollout."""
+    def __init__(self, calls: list[str], answer: str):
+        self.calls = [{"name": name, "arguments": {}, "error": None} for name in calls]
+        self.final, self.finished = f"\\boxed{{{answer}}}", True
+
+
+def test_gate_statistics_on_known_rollouts():
+    def record(taught, habit):
+        return {"id": "x", "answer": "6", "teacher": {"messages": [], "tools": taught}, "habit": habit}
+    records = [record(["divide", "floor"], {"tools": ["divide", "ceil"], "answer": "6"}),  # the outcome agrees
+               record(["subtract", "abs_value"], {"tools": ["subtract"], "answer": "-6"}),  # it does not
+               record(["add"], None)]                                                      # no habit
+    rollouts = [FakeRollout(["divide", "floor"], "6"), FakeRollout(["divide", "ceil"], "6"),     # 1.1 / 0.8
+                FakeRollout(["subtract", "abs_value"], "6"), FakeRollout(["abs_value", "subtract"], "6"),
+                FakeRollout(["add"], "6"), FakeRollout([], "6")]                             # 1.1 / 0.8
+    stats = compare.gate_stats(records, rollouts, group=2)
+    assert stats["habit_problems"] == 2
+    assert stats["teacher_tools_share"] == 0.75  # 3 of the 4 samples on habit problems
+    assert stats["outcome_agrees"] == 0.5
+    assert stats["spread"]["mentor"] == pytest.approx(2 / 3) and stats["spread"]["sparse"] == 0.0
+    assert stats["spread"]["strict"] == 1.0  # the order counts too: abs_value before subtract is no replica
+    assert not compare.gate_passes(stats)
+    assert compare.gate_passes({**stats, "teacher_tools_share": 0.3, "outcome_agrees": 0.8})
+    assert not compare.gate_passes({**stats, "teacher_tools_share": 0.3, "outcome_agrees": 0.9,
+                                    "spread": {"mentor": 0.29, "sparse": 0.2}})
+
+
+def test_runs_in_worker_processes_come_back_in_order():
+    # compare.py --jobs 2: spawned workers, one CPU thread each
+    assert compare.run_all(os.path.join, [("a", "1"), ("b", "2"), ("c", "3")], 2) == ["a/1", "b/2", "c/3"]
+    assert compare.run_all(os.path.join, [("a", "1")], 1) == ["a/1"]

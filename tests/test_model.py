@@ -124,10 +124,13 @@ def test_load_tokenizer_without_chat_template_is_a_model_error(tmp_path):
     assert "\n" not in str(e.value)
 
 
-def test_tiny_default_builds_once_and_loads(tmp_path, monkeypatch):
+def test_the_tiny_default_is_built_explicitly_then_loads(tmp_path, monkeypatch):
     monkeypatch.setattr(model, "TINY_PATH", str(tmp_path / "tiny"))
+    with pytest.raises(model.ModelError, match="tiny student is not built yet"):  # loading never builds
+        model.load()
+    assert not (tmp_path / "tiny").exists()
     corpus = [m["content"] for m in CONV_ADD] + ['{"name": "add", "arguments": {"a": 12, "b": 34}}'] * 50
-    monkeypatch.setattr(model, "tiny_corpus", lambda: corpus)
+    model.build_tiny(model.TINY_PATH, corpus)
     policy, tok = model.load()
     assert isinstance(policy, Qwen2ForCausalLM) and policy.config.hidden_size == 128
     assert 0.8e6 < sum(p.numel() for p in policy.parameters()) < 1.2e6
@@ -137,9 +140,6 @@ def test_tiny_default_builds_once_and_loads(tmp_path, monkeypatch):
     assert "<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 2, \"b\": 3}}\n</tool_call><|end|>" in text
     assert "<|tool|>5<|assistant|>\\boxed{5}<|end|>" in text
     assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
-    built = os.path.getmtime(tmp_path / "tiny" / "checkpoint" / "config.json")
-    model.load()
-    assert os.path.getmtime(tmp_path / "tiny" / "checkpoint" / "config.json") == built
 
 
 def test_save_then_load_a_run_folder(qwen, tmp_path):

@@ -36,7 +36,7 @@ def box(x) -> str:
 
 def test_correct_full_match_no_invalid_is_1_1():
     r = score(ADD + MUL + box(14), "14", ["add", "multiply"])
-    assert r == {"reward": approx(1.1), "correct": True, "tool_match": 1.0, "invalid_calls": 0,
+    assert r == {"reward": approx(1.1), "correct": True, "tool_match": 1.0, "same_tools": True, "invalid_calls": 0,
                  "has_answer": True, "calls": 2, "finished": True}
 
 

@@ -13,7 +13,8 @@ import tools  # noqa: E402
 
 @pytest.fixture(scope="module")
 def bench():
-    return tasks.benchmark(n_train=200, n_test=60, seed=0)
+    """The "none" condition: the original suite, no habits."""
+    return tasks.benchmark("none", n_train=200, n_test=60, seed=0)
 
 
 def numbers(question: str) -> list[int]:
@@ -60,16 +61,16 @@ def test_sizes_and_fields(bench):
     assert {p.family for p in bench["test_ood"]} == set(tasks.OOD_FAMILIES)
     # families round-robin: 60 OOD problems over 4 families is 15 each
     assert sorted([p.family for p in bench["test_ood"]].count(f) for f in tasks.OOD_FAMILIES) == [15] * 4
-    small = tasks.benchmark(n_train=7, n_test=5, seed=3)
+    small = tasks.benchmark("none", n_train=7, n_test=5, seed=3)
     assert [len(small[s]) for s in ("train", "test_id", "test_ood")] == [7, 5, 5]
 
 
 def test_deterministic_by_seed(bench):
-    again = tasks.benchmark(n_train=200, n_test=60, seed=0)
+    again = tasks.benchmark("none", n_train=200, n_test=60, seed=0)
     for split in bench:
         assert [(p.question, p.answer, p.family, p.plan) for p in bench[split]] == \
                [(p.question, p.answer, p.family, p.plan) for p in again[split]]
-    other = tasks.benchmark(n_train=200, n_test=60, seed=1)
+    other = tasks.benchmark("none", n_train=200, n_test=60, seed=1)
     for split in bench:
         assert [p.question for p in bench[split]] != [p.question for p in other[split]]
 
@@ -84,7 +85,7 @@ def test_splits_disjoint_and_questions_unique(bench):
 
 
 def test_test_sets_do_not_depend_on_n_train(bench):
-    other = tasks.benchmark(n_train=13, n_test=60, seed=0)
+    other = tasks.benchmark("none", n_train=13, n_test=60, seed=0)
     for split in ("test_id", "test_ood"):
         assert [p.question for p in bench[split]] == [p.question for p in other[split]]
         assert [p.answer for p in bench[split]] == [p.answer for p in other[split]]
@@ -199,6 +200,23 @@ def test_is_correct_false(pred, gold):
     assert not tasks.is_correct(pred, gold)
 
 
+@pytest.mark.parametrize("pred, gold, same", [
+    ("0.75", "\\frac{3}{4}", True), ("\\frac{6}{8}", "\\frac{3}{4}", True), ("\\sqrt{8}", "2\\sqrt{2}", True),
+    ("3/4", "0.75", True), ("0.7", "\\frac{3}{4}", False), ("\\frac{3}{5}", "\\frac{3}{4}", False),
+])
+def test_latex_answers_with_math_verify(pred, gold, same):
+    pytest.importorskip("math_verify")
+    assert tasks.is_correct(pred, gold) is same
+
+
+def test_latex_answers_without_math_verify_are_text_and_say_so(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "math_verify", None)  # as if not installed
+    monkeypatch.setattr(tasks, "warned", set())
+    assert not tasks.is_correct("0.75", "\\frac{3}{4}")
+    assert tasks.is_correct("\\frac{3}{4}", "\\frac{3}{4}")  # the same text still is the same answer
+    assert capsys.readouterr().err.count("pip install math-verify") == 1  # once
+
+
 def test_is_correct_tolerance_argument():
     assert tasks.is_correct("1.01", "1", rel_tol=0.02)
     assert not tasks.is_correct("1.01", "1")
@@ -228,3 +246,90 @@ def test_to_number():
 ])
 def test_extract_answer(text, expected):
     assert tasks.extract_answer(text) == expected
+
+
+# ------------------------------------------------------------------------ the habit conditions
+
+@pytest.fixture(scope="module")
+def conditions():
+    return {c: tasks.benchmark(c, n_train=600, n_test=90, seed=0) for c in tasks.CONDITIONS}
+
+
+HAND_HABIT = {  # the right answers, by hand from the question's numbers and words
+    "packing": lambda q, n: {"full": math.floor, "needed": math.ceil, "nearest": round}[
+        next(w for w in ("full", "needed", "nearest") if w in q)](n[0] / n[1]),
+    "heights": lambda q, n: abs(n[0] - n[1]),
+    "ood_packing": lambda q, n: HAND_HABIT["packing"](q, n),
+    "ood_heights": lambda q, n: abs(n[0] - n[1]),
+    "ood_climb": lambda q, n: math.ceil(abs(n[0] - n[1]) / n[2]),
+}
+
+
+def test_habit_families_answers_are_their_plans_and_the_hand_arithmetic(conditions):
+    for condition in ("hidden", "refuted", "wrong"):
+        for problems in conditions[condition].values():
+            for p in problems:
+                assert tasks.run_plan(p.plan)[1] == p.answer or (condition == "wrong" and p.family == "packing")
+                assert float(p.answer) == HAND_HABIT[p.family](p.question, numbers(p.question)), p.question
+                assert p.habit is None or tasks.run_plan(p.habit)  # the habit runs through the tools too
+
+
+def test_habit_splits_are_disjoint_and_reproducible(conditions):
+    for condition, splits in conditions.items():
+        questions = [p.question for problems in splits.values() for p in problems]
+        assert len(questions) == len(set(questions)), condition
+        again = tasks.benchmark(condition, n_train=600, n_test=90, seed=0)
+        assert [p.question for p in again["train"]] == [p.question for p in splits["train"]]
+        assert [(p.plan, p.demo) for p in again["train"]] == [(p.plan, p.demo) for p in splits["train"]]
+    assert {p.family for p in conditions["hidden"]["test_ood"]} == set(tasks.HABIT_OOD)
+    # at least one OOD family takes more calls than any family the student trains on
+    calls = lambda problems: max(sum(len(turn) for turn in p.plan) for p in problems)  # noqa: E731
+    assert calls([p for p in conditions["hidden"]["test_ood"] if p.family == "ood_climb"]) == 4
+    assert calls(conditions["hidden"]["train"]) == 2
+
+
+def agreement(problems) -> tuple[int, float]:
+    """How many problems have a habit that picks other tools, and the share of them where the
+    habit's answer is right anyway."""
+    habit = [p for p in problems if p.habit]
+    return len(habit), sum(tasks.run_plan(p.habit)[1] == p.answer for p in habit) / len(habit)
+
+
+def test_the_habit_agrees_with_the_outcome_at_the_rate_each_condition_promises(conditions):
+    n, agree = agreement(conditions["hidden"]["train"])
+    assert n > 200 and agree == 1.0  # hidden: the outcome never tells the habit from the teacher
+    assert agreement(conditions["hidden"]["test_id"])[1] == 1.0
+    n, agree = agreement(conditions["refuted"]["train"])
+    assert n > 200 and 0.3 < agree < 0.6  # refuted: the outcome tells them apart on most problems
+    for condition in ("hidden", "refuted", "wrong"):
+        n, agree = agreement(conditions[condition]["test_ood"])
+        assert n == 90 and agree == 0.0  # out of domain the habit is always wrong
+
+
+def test_the_demonstrator_follows_its_habit_on_about_two_thirds(conditions):
+    for condition in ("hidden", "refuted"):
+        habit = [p for p in conditions[condition]["train"] if p.habit]
+        followed = sum(p.demo == p.habit for p in habit) / len(habit)
+        assert abs(followed - tasks.HABIT_RATE) < 0.07
+        assert all(p.demo is None for p in conditions[condition]["train"] if not p.habit)
+    assert all(p.demo is None and p.habit is None for s in conditions["none"].values() for p in s)
+
+
+def test_the_wrong_teacher_is_wrong_on_a_fifth_of_packing_only_in_training(conditions):
+    wrong = conditions["wrong"]
+    packing = [p for p in wrong["train"] if p.family == "packing"]
+    changed = [p for p in packing if p.plan[1][0][0] != HAND_TOOL[next(w for w in HAND_TOOL if w in p.question)]]
+    assert abs(len(changed) / len(packing) - tasks.WRONG_RATE) < 0.06
+    for p in changed:  # a wrong rounding tool, and the demonstrator still writes its own plan
+        assert p.plan[1][0][0] in tasks.CONTAINERS.values() and p.demo is not None
+    right = lambda p: p.plan[1][0][0] == HAND_TOOL[next(w for w in HAND_TOOL if w in p.question)]  # noqa: E731
+    assert all(right(p) for p in wrong["test_id"] if p.family == "packing")
+    assert [p.question for p in wrong["test_ood"]] == [p.question for p in conditions["hidden"]["test_ood"]]
+
+
+HAND_TOOL = {"full": "floor", "needed": "ceil", "nearest": "round_number"}
+
+
+def test_an_unknown_condition_is_refused():
+    with pytest.raises(ValueError, match="unknown condition 'easy'"):
+        tasks.benchmark("easy", n_train=10, n_test=10)

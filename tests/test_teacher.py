@@ -17,7 +17,7 @@ import teacher  # noqa: E402
 
 @pytest.fixture(scope="module")
 def bench():
-    return tasks.benchmark(n_train=200, seed=0)
+    return tasks.benchmark("none", n_train=200, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +85,8 @@ def test_tampered_trajectories_do_not_replay(bench):
 
 
 def test_write_scripted_is_reproducible(tmp_path):
-    counts = teacher.write_scripted(str(tmp_path / "a"), 30, 5)
-    teacher.write_scripted(str(tmp_path / "b"), 30, 5)
+    counts = teacher.write_scripted(str(tmp_path / "a"), "none", 30, 5)
+    teacher.write_scripted(str(tmp_path / "b"), "none", 30, 5)
     names = ["test_id.jsonl", "test_ood.jsonl", "train.jsonl"]
     assert sorted(os.listdir(tmp_path / "a")) == names  # three files, no temp files left
     for name in names:
@@ -102,14 +102,14 @@ def test_write_scripted_is_reproducible(tmp_path):
     assert first["teacher"]["tools"] == [c["name"] for c in teacher.tool_calls(first["teacher"]["messages"])]
     assert teacher.replay(first["teacher"]["messages"]) == first["answer"]
 
-    teacher.write_scripted(str(tmp_path / "c"), 30, 6)
+    teacher.write_scripted(str(tmp_path / "c"), "none", 30, 6)
     assert (tmp_path / "a" / "train.jsonl").read_bytes() != (tmp_path / "c" / "train.jsonl").read_bytes()
 
 
 def test_load_records_round_trip(tmp_path):
-    teacher.write_scripted(str(tmp_path), 12, 0)
+    teacher.write_scripted(str(tmp_path), "none", 12, 0)
     records = teacher.load_records(str(tmp_path / "train.jsonl"))
-    problems = tasks.benchmark(n_train=12, seed=0)["train"]
+    problems = tasks.benchmark("none", n_train=12, seed=0)["train"]
     assert [r["question"] for r in records] == [p.question for p in problems]
     assert [r["answer"] for r in records] == [p.answer for p in problems]
     assert [r["teacher"]["tools"] for r in records] == \
@@ -336,11 +336,16 @@ def test_command_line_writes_the_data(cli):
     assert lines[0].startswith(f"{out}/train.jsonl: 50 problems")
     assert lines[1].startswith(f"{out}/test_id.jsonl: 300 problems")
     assert lines[2].startswith(f"{out}/test_ood.jsonl: 300 problems")
-    for family in tasks.ID_FAMILIES:
-        assert f" {family}=" in lines[0] and f" {family}=" in lines[1]
-    for family in tasks.OOD_FAMILIES:
-        assert f" {family}=75" in lines[2]
-    assert len((out / "train.jsonl").read_text().splitlines()) == 50
+    for family in tasks.HABIT_FAMILIES:  # the default condition: hidden habits
+        assert f" {family}=25" in lines[0] and f" {family}=150" in lines[1]
+    for family in tasks.HABIT_OOD:
+        assert f" {family}=100" in lines[2]
+    records = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    assert len(records) == 50
+    # where the habit applies, the record says what it does; where the demonstrator followed it, how
+    habit = [r for r in records if "habit" in r]
+    assert habit and all(r["habit"]["answer"] == r["answer"] for r in habit)  # hidden: right by luck
+    assert all(teacher.replay(r["demo"]["messages"]) == r["answer"] for r in records if "demo" in r)
 
 
 def test_command_line_bad_flag_is_a_one_line_error(cli):

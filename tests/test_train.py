@@ -25,11 +25,12 @@ import tools  # noqa: E402
 def workdir(tmp_path_factory):
     """A folder with data/ (small splits) and runs/tiny; the tests run inside it."""
     path = tmp_path_factory.mktemp("work")
-    for split, problems in tasks.benchmark(n_train=200, n_test=8).items():
-        teacher.write_jsonl(str(path / "data" / f"{split}.jsonl"), [teacher.record(p, teacher.trajectory(p)) for p in problems])
+    for split, problems in tasks.benchmark("hidden", n_train=200, n_test=8).items():
+        teacher.write_jsonl(str(path / "data" / "hidden" / f"{split}.jsonl"),
+                            [teacher.record(p, teacher.trajectory(p)) for p in problems])
     old = os.getcwd()
     os.chdir(path)
-    model.load()  # builds runs/tiny from data/train.jsonl
+    teacher.ensure_tiny()  # builds runs/tiny
     yield path
     os.chdir(old)
 
@@ -60,7 +61,7 @@ def test_sft_lowers_the_loss_and_writes_a_run(warm):
 
 def test_sft_trains_only_the_assistant_tokens(warm):
     policy, tok = model.load(warm)
-    record = teacher.load_records("data/train.jsonl")[0]
+    record = teacher.load_records("data/hidden/train.jsonl")[0]
     ids, attn, mask = sft.batch([model.encode(tok, record["teacher"]["messages"], tools.schemas())], tok.pad_token_id, "cpu")
     trained = tok.decode(ids[0][mask[0] == 1])
     assert "<tool_call>" in trained and "\\boxed{" + record["answer"] + "}" in trained
@@ -179,7 +180,7 @@ def test_jsd_of_tool_usage():
 
 def test_evaluate_reports_every_metric_with_examples(warm):
     policy, tok = model.load(warm)
-    records = teacher.load_records("data/test_id.jsonl")
+    records = teacher.load_records("data/hidden/test_id.jsonl")
     m = evaluate.evaluate(policy, tok, records, k=2, max_tokens=96)
     for key in ("accuracy", "finished", "format_valid", "calls_per_problem", "invalid_call_rate", "tool_f1",
                 "tool_jsd", "pass@2"):
@@ -209,17 +210,25 @@ def run_cli(*argv: str, cwd) -> subprocess.CompletedProcess:
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["rl.py", "--resume", "--out", "runs/none", "--init", "runs/warm"], "no checkpoint to resume from"),
-    (["sft.py", "--model", "no/such/model"], "no/such/model"),
-    (["evaluate.py", "runs/none"], "runs/none"),
-    (["evaluate.py", "runs/warm", "--data", "missing.jsonl"], "missing.jsonl: no such file"),
-    (["sft.py", "--steps", "1", "--out", "data/train.jsonl"], "data/train.jsonl"),
+@pytest.mark.parametrize("script, argv, message", [
+    (rl, ["--resume", "--out", "runs/none", "--init", "runs/warm"], "no checkpoint to resume from"),
+    (sft, ["--model", "no/such/model"], "no/such/model"),
+    (evaluate, ["runs/none"], "runs/none"),
+    (evaluate, ["runs/warm", "--data", "missing.jsonl"], "missing.jsonl: no such file"),
+    (sft, ["--steps", "1", "--out", "data/hidden/train.jsonl"], "data/hidden/train.jsonl"),
 ])
-def test_bad_input_gives_one_line_and_nonzero_exit(warm, argv, message):
-    result = run_cli(os.path.join(ROOT, argv[0]), *argv[1:], cwd=os.getcwd())
-    assert result.returncode != 0
-    assert message in result.stderr and "Traceback" not in result.stderr
+def test_bad_input_gives_one_line_and_nonzero_exit(warm, script, argv, message):
+    with pytest.raises(SystemExit) as e:
+        script.main(argv)
+    assert str(e.value.code).startswith("error: ") and message in e.value.code and "\n" not in e.value.code
+
+
+def test_the_command_line_itself_exits_with_one_line(warm):
+    result = run_cli(os.path.join(ROOT, "rl.py"), "--resume", "--out", "runs/none", "--init", "runs/warm",
+                     cwd=os.getcwd())
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == "error: runs/none: no checkpoint to resume from"
+    assert "Traceback" not in result.stderr
 
 
 def test_llm_teacher_keeps_only_trajectories_that_reach_the_answer(warm):
@@ -237,21 +246,29 @@ def test_llm_teacher_keeps_only_trajectories_that_reach_the_answer(warm):
 def test_compare_runs_every_method_over_seeds_and_reuses_finished_runs(warm, monkeypatch, capsys):
     import compare
 
-    monkeypatch.setattr(rl, "WARM_START", ["--limit", "32", "--steps", "4", "--eval-every", "0"])
-    argv = ["compare.py", "--seeds", "2", "--rl-steps", "1", "--sft-steps", "2", "--out", "runs/cmp", "--jobs", "2",
-            "--methods", "sft", "sparse", "mentor"]
+    monkeypatch.setattr(rl, "WARM_START", ["--traces", "demo", "--limit", "32", "--steps", "4", "--eval-every", "0"])
+    small = dict(prompts=4, group=2, minibatch=2, max_tokens=64)  # a barely trained student talks long
+    monkeypatch.setitem(rl.PROFILES, "tiny", {**rl.PROFILES["tiny"], **small})
+    argv = ["compare.py", "--conditions", "hidden", "--seeds", "2", "--rl-steps", "1", "--sft-steps", "2",
+            "--out", "runs/cmp", "--methods", "sft-matched", "mentor"]
     monkeypatch.setattr(sys, "argv", argv)
     compare.main()
     out = capsys.readouterr().out
-    for method in ("warm", "sft", "sparse", "mentor"):
-        assert any(line.startswith(method) and "±" in line for line in out.splitlines()), method
+    for method in ("warm", "sft-matched", "mentor"):
+        assert any(line.startswith(f"hidden    {method} ") and "±" in line for line in out.splitlines()), method
     results = json.load(open("runs/cmp/results.json"))
-    assert results["seeds"] == 2 and len(results["mentor"]["OOD_accuracy"]) == 2
-    assert all(0 <= a <= 1 for a in results["sft"]["ID_accuracy"])
+    assert results["seeds"] == 2 and len(results["hidden"]["mentor"]["OOD_accuracy"]) == 2
+    assert all(0 <= a <= 1 for a in results["hidden"]["sft-matched"]["ID_accuracy"])
+    assert set(results["hidden"]["mentor"]["by_family"]) == {"packing", "heights", *tasks.HABIT_OOD}
+    # the matched SFT saw the very problems the GRPO run of its seed drew, as many
+    sft_args = json.load(open("runs/cmp/hidden/sft-matched-s1/args.json"))
+    rl_args = json.load(open("runs/cmp/hidden/mentor-s1/args.json"))
+    assert sft_args["matched"] and sft_args["seed"] == rl_args["seed"] == 1
+    assert (sft_args["steps"], sft_args["batch_size"]) == (rl_args["steps"], rl_args["prompts"])
     # a second call trains nothing again: every run folder already has its eval.json
-    stamp = os.path.getmtime("runs/cmp/mentor-s1/eval.json")
+    stamp = os.path.getmtime("runs/cmp/hidden/mentor-s1/eval.json")
     compare.main()
-    assert os.path.getmtime("runs/cmp/mentor-s1/eval.json") == stamp
+    assert os.path.getmtime("runs/cmp/hidden/mentor-s1/eval.json") == stamp
 
 
 def test_the_starting_evaluation_is_reused_only_for_the_same_problems_and_limits(tmp_path, monkeypatch):
@@ -290,7 +307,9 @@ def test_old_logprobs_are_the_training_forward_before_the_first_update(warm, mon
         return policy_loss(logp, old, *args)
     policy_loss = rl.policy_loss
     monkeypatch.setattr(rl, "policy_loss", recording)
-    rl.train(rl.parse_args(RL_FLAGS + ["--steps", "1", "--minibatch", minibatch, "--out", f"runs/old{minibatch}"]))
+    # an entropy bonus moves the policy even where every group's rewards tie
+    rl.train(rl.parse_args(RL_FLAGS + ["--steps", "1", "--minibatch", minibatch, "--out", f"runs/old{minibatch}",
+                                       "--entropy-coef", "0.05", "--lr", "0.01", "--warmup", "0"]))
     if minibatch == "2":  # one update a step: the ratio's old side is the update's own forward
         assert len(seen) == 1 and torch.equal(*seen[0])
     else:  # two updates: a no-grad pass before the first; the second sees the policy move
