@@ -18,6 +18,7 @@ from statistics import median
 
 import torch
 
+import files
 import model as student
 import reward
 import rl
@@ -108,7 +109,8 @@ def bench_step(args) -> None:
     policy, tokenizer = student.load(args.model, args.device)
     ref, _ = student.load(args.model, args.device)
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-6)
-    problems = teacher.load_records(teacher.ensure_data()["train"])[:8]
+    data = rl.parse_args([]).data  # rl.py's default data (the built-in benchmark)
+    problems = files.load_records(teacher.ensure_data(data)["train"])[:8]
     prompts = [tasks.prompt(p["question"], not student.is_tiny(tokenizer)) for p in problems]
 
     def step(seed: int) -> dict[str, float]:
@@ -158,10 +160,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     try:
+        if args.model is None:
+            teacher.ensure_tiny()
         if not args.skip_generate:
             bench_rollout(args)
         bench_step(args)
-    except (teacher.DataError, student.ModelError) as e:
+    except (files.DataError, student.ModelError) as e:
         sys.exit(f"error: {e}")
 
 

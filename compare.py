@@ -6,7 +6,8 @@ trajectories versus GRPO with the sparse, strict and MENTOR rewards.
     python compare.py --jobs 2        # every condition, 3 seeds, two runs at a time
 
 Methods: sft-matched (the teacher's trajectories of the very problems GRPO samples, as many
-as it samples), sft-all (all teacher data, 600 steps of 32), and GRPO with each reward.
+as it samples), sft-all (all teacher data, 300 steps of 32), and GRPO with each reward (40
+steps of 16 problems x 8 samples).
 Prints, per condition, ID and OOD accuracy and the share of OOD answers that use exactly the
 teacher's tools, mean and spread over seeds, and writes runs/compare/results.json (with
 per-family accuracy) and curves.png (matplotlib, if installed). Finished runs are reused, so
@@ -24,7 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
-import evaluate
+import files
 import model as student
 import reward
 import rl
@@ -36,7 +37,7 @@ import tools
 METHODS = {  # name -> the reward mode of its GRPO run (None: SFT on the teacher's trajectories)
     "sft-matched": None, "sft-all": None, "sparse": "sparse", "strict": "strict", "mentor": "mentor",
 }
-SFT_LR = sft.PROFILES["tiny"]["lr"] / 3  # SFT from a warm start: a third of the from-scratch rate
+SFT_LR = sft.PROFILES["lr"][0] / 3  # SFT from a warm start: a third of the from-scratch rate
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,8 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS) + list(reward.MODES))
     ap.add_argument("--out", default="runs/compare")
-    ap.add_argument("--rl-steps", type=int, default=rl.PROFILES["tiny"]["steps"])
-    ap.add_argument("--sft-steps", type=int, default=600, help="sft-all: SFT steps on all teacher data")
+    ap.add_argument("--rl-steps", type=int, default=40, help="GRPO steps (and sft-matched steps)")
+    ap.add_argument("--sft-steps", type=int, default=300, help="sft-all: SFT steps of 32 on all teacher data")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--jobs", type=int, default=1,
                     help="runs trained at once, one CPU thread each (a tiny model gains little from more threads)")
@@ -79,8 +80,8 @@ def method_args(condition: str, method: str, seed: int, warm: str, args: argpars
                                         "--lr", str(SFT_LR), "--warmup", "50"])
     if method == "sft-matched":  # the same problems, in the same order, as the GRPO runs of this seed
         return sft.parse_args(common + ["--model", warm, "--matched", "--steps", str(args.rl_steps),
-                                        "--batch-size", str(rl.PROFILES["tiny"]["prompts"]), "--lr", str(SFT_LR),
-                                        "--warmup", str(rl.PROFILES["tiny"]["warmup"])])
+                                        "--batch-size", str(rl.PROFILES["prompts"][0]), "--lr", str(SFT_LR),
+                                        "--warmup", str(rl.PROFILES["warmup"][0])])
     return rl.parse_args(common + ["--init", warm, "--reward", METHODS.get(method) or method,
                                    "--steps", str(args.rl_steps)])
 
@@ -147,19 +148,19 @@ def gate(args: argparse.Namespace) -> dict:
     --gate-problems training problems at rl.py's settings, score them with every reward mode.
     Writes and returns the statistics with the verdict."""
     warm = run_warm("hidden", 0, args)
-    train = teacher.load_records(teacher.ensure_data(os.path.join("data", "hidden"), "hidden")["train"])
+    train = files.load_records(teacher.ensure_data(os.path.join("data", "hidden"), "hidden")["train"])
     records = train[:args.gate_problems]
     policy, tokenizer = student.load(warm, device=args.device)
-    profile = rl.PROFILES["tiny"]
+    tiny = {key: value for key, (value, _) in rl.PROFILES.items()}
     rollouts = []
     with torch.no_grad():
         for i in range(0, len(records), 50):
             rollouts += student.rollout(policy, tokenizer, [tasks.prompt(r["question"]) for r in records[i:i + 50]],
-                                        tools.schemas(), n=profile["group"], max_tokens=profile["max_tokens"],
-                                        temperature=profile["temperature"], seed=i)
-    stats = gate_stats(records, rollouts, profile["group"])
+                                        tools.schemas(), n=tiny["group"], max_tokens=tiny["max_tokens"],
+                                        temperature=tiny["temperature"], seed=i)
+    stats = gate_stats(records, rollouts, tiny["group"])
     stats["passed"] = gate_passes(stats)
-    evaluate.write_json(os.path.join(args.out, "gate.json"), stats)
+    files.write_json(os.path.join(args.out, "gate.json"), stats)
     return stats
 
 
@@ -208,7 +209,7 @@ def plot(runs: dict[str, dict[str, list[str]]], path: str) -> None:
     fig, axes = plt.subplots(len(runs), len(keys), figsize=(10, 3.2 * len(runs)), squeeze=False)
     for row, (condition, methods) in zip(axes, runs.items()):
         for method, folders in methods.items():
-            if METHODS.get(method, method) is None:  # SFT has no rollouts
+            if METHODS.get(method, method) not in reward.MODES:  # the warm start and SFT have no rollouts
                 continue
             logs = []
             for folder in folders:
@@ -250,14 +251,14 @@ def main() -> None:
         warms = dict(zip(pairs, run_all(run_warm, [(c, seed, args) for c, seed in pairs], args.jobs)))
         jobs = [(c, m, seed, warms[c, seed], args) for c, seed in pairs for m in args.methods]
         folders = run_all(run_method, jobs, args.jobs)
-    except (teacher.DataError, student.ModelError) as e:
+    except (files.DataError, student.ModelError) as e:
         sys.exit(f"error: {e}")
     runs = {c: {"warm": [warms[c, s] for s in seeds],
                 **{m: [f for (jc, jm, *_), f in zip(jobs, folders) if (jc, jm) == (c, m)] for m in args.methods}}
             for c in args.conditions}
     results, table = report(runs)
     minutes = (time.time() - t0) / 60
-    evaluate.write_json(os.path.join(args.out, "results.json"), {"seeds": args.seeds, "minutes": minutes, **results})
+    files.write_json(os.path.join(args.out, "results.json"), {"seeds": args.seeds, "minutes": minutes, **results})
     print(f"{args.seeds} seeds, mean ± std, {minutes:.1f} min\n{table}")
     plot(runs, os.path.join(args.out, "curves.png"))
 

@@ -19,6 +19,7 @@ from collections import Counter
 
 import torch
 
+import files
 import model as student
 import reward
 import tasks
@@ -99,6 +100,17 @@ def evaluate(policy, tokenizer, records: list[dict], k: int = 1, max_turns: int 
     return metrics
 
 
+def evaluate_splits(policy, tokenizer, splits: dict[str, list[dict]], limit: int | None, max_turns: int = 5,
+                    max_tokens: int = 256) -> dict[str, dict]:
+    """Greedy accuracy and friends on each test split (the first `limit` problems)."""
+    policy.eval()
+    with torch.no_grad():
+        out = {name: evaluate(policy, tokenizer, recs[:limit], max_turns=max_turns, max_tokens=max_tokens)
+               for name, recs in splits.items()}
+    policy.train()
+    return out
+
+
 COLUMNS = [("accuracy", "acc"), ("finished", "finished"), ("format_valid", "format"),
            ("calls_per_problem", "calls"), ("invalid_call_rate", "invalid"), ("tool_f1", "tool F1"),
            ("same_tools", "same set"), ("tool_jsd", "JSD")]
@@ -115,11 +127,6 @@ def table(results: dict[str, dict[str, dict]]) -> str:
             lines.append(f"{run:<{width}}  {split:<9}" + "".join(
                 f"{m[key]:>10.3f}" if key in m else f"{'-':>10}" for key, _ in cols))
     return "\n".join(lines)
-
-
-def write_json(path: str, obj) -> None:
-    """Write JSON atomically (teacher.write_atomic)."""
-    teacher.write_atomic(path, json.dumps(obj, indent=1))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -157,18 +164,18 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.data is None:
             paths = teacher.ensure_data(os.path.join("data", args.condition), args.condition)
-            files = {"ID": paths["test_id"], "OOD": paths["test_ood"]}
+            tests = {"ID": paths["test_id"], "OOD": paths["test_ood"]}
         else:
-            files = dict(zip(args.names, args.data))
-        splits = {name: teacher.load_records(path, need_teacher=False)[:args.limit] for name, path in files.items()}
+            tests = dict(zip(args.names, args.data))
+        splits = {name: files.load_records(path, need_teacher=False)[:args.limit] for name, path in tests.items()}
         results = {}
         for run in args.runs:
             policy, tokenizer = student.load(run, device=args.device)
             results[run] = {name: evaluate(policy, tokenizer, recs, k=args.k, max_turns=args.max_turns,
                                            max_tokens=args.max_tokens) for name, recs in splits.items()}
             if os.path.isdir(run):
-                write_json(os.path.join(run, args.result_file), results[run])
-    except (teacher.DataError, student.ModelError, OSError) as e:
+                files.write_json(os.path.join(run, args.result_file), results[run])
+    except (files.DataError, student.ModelError, OSError) as e:
         sys.exit(f"error: {e}")
     print(table(results))
 

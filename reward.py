@@ -23,10 +23,14 @@ registered tool; the student's tool names are those of its other calls.
     strict    1 if the calls equal the teacher's in order, names and   (this project:
               argument values                                          replication)
 """
+import json
 import math
+from collections.abc import Callable
 
+from transformers import GenerationConfig, PreTrainedTokenizerBase
+
+import files
 import tasks
-import teacher
 import tools
 
 CORRECT = 0.7      # the right final answer
@@ -126,17 +130,13 @@ def score_rollout(rollout, record: dict, mode: str = "mentor") -> dict:
     """score() of a sampled conversation (a model.Rollout: its calls, its last turn, whether it
     finished) against a data record (its answer, its teacher reference; none is needed for
     the sparse reward)."""
-    reference = [] if mode == "sparse" and record["teacher"] is None else teacher.reference(record)
+    reference = [] if mode == "sparse" and record["teacher"] is None else files.reference(record)
     return score(rollout.calls, rollout.final, record["answer"], reference, mode, rollout.finished)
 
 
 # --------------------------------------------- adapters for existing distributed trainers
 # TRL's GRPOTrainer and verl call a reward function with their own keywords and shapes; these
-# adapters turn them into score() arguments. Imported here: only the adapters need them.
-import json  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-
-from transformers import GenerationConfig, PreTrainedTokenizerBase  # noqa: E402
+# adapters turn them into score() arguments.
 
 ABLATIONS = {"MENTOR": "mentor", "ABLATION2": "overlap", "ABLATION3": "no-match", "ABLATION4": "f1",
              "SPARSE": "sparse"}  # the authors' ablation_exp_id -> this project's mode
@@ -150,7 +150,7 @@ def teacher_names(row: dict, mode: str) -> list[str]:
     that calls the right ones."""
     row = {k: v.tolist() if hasattr(v, "tolist") else v for k, v in row.items()
            if k in ("tool_calls_used", "teacher_tools") and v is not None}
-    reference = teacher.teacher_of(row)
+    reference = files.teacher_of(row)
     if reference is None and mode != "sparse":
         raise ValueError("no teacher reference: each row needs 'tool_calls_used' (the teacher's tool names; "
                          "for verl in extra_info); only the sparse reward scores without one")

@@ -4,10 +4,11 @@
     python rl.py --reward sparse                      # the same, with the outcome-only reward
     python rl.py --model Qwen/Qwen2.5-1.5B-Instruct   # one GPU, a real model, the authors' recipe
 
-Each step: sample problems -> roll each out G times with the tools -> score every rollout
-against the answer and the teacher's tool calls (reward.py) -> group-normalised advantages
--> PPO updates on mini-batches of whole groups: clipped policy loss + k3 KL to the frozen
-starting policy - entropy bonus -> AdamW.
+Each step, in five stages: (1) sample problems and roll each out G times with the tools;
+(2) score every rollout against the answer and the teacher's tools (reward.py) and turn the
+scores into group-relative advantages; (3) take the log-probs of the frozen reference and of
+the policy before the update; (4) PPO updates on mini-batches of whole groups: clipped policy
+loss + k3 KL to the reference - entropy bonus, AdamW; (5) log, evaluate, save.
 """
 import argparse
 import json
@@ -20,25 +21,37 @@ import torch
 from tqdm import tqdm
 
 import evaluate
+import files
 import model as student
 import reward
-import tasks
 import sft
+import tasks
 import teacher
 import tools
 
-# Defaults that depend on the model, side by side. "real" is the authors' recipe (their verl
-# run of Qwen2.5-7B-Instruct) where one GPU allows it; the README lists where it differs.
-# "tiny" is the built-in student, trained from scratch: larger steps, plain sampling.
+# ----------------------------------------------------------------------------- settings
+# The defaults that depend on the model, side by side. "tiny" is the built-in student, trained
+# from scratch: larger steps, plain sampling. "real" is the authors' recipe (their verl run of
+# Qwen2.5-7B-Instruct) where one GPU allows it; the README lists where it differs.
 PROFILES = {
-    "tiny": dict(steps=60, prompts=16, group=8, minibatch=8, micro_batch=64, max_tokens=256,
-                 temperature=1.0, top_k=0, top_p=1.0,
-                 lr=1e-4, warmup=10, lr_schedule="cosine", beta2=0.99, weight_decay=0.0, entropy_coef=0.0,
-                 eval_every=20, eval_limit=100),
-    "real": dict(steps=200, prompts=32, group=10, minibatch=8, micro_batch=4, max_tokens=2048,
-                 temperature=0.6, top_k=20, top_p=0.99,
-                 lr=1e-6, warmup=0, lr_schedule="constant", beta2=0.999, weight_decay=0.01, entropy_coef=0.001,
-                 eval_every=50, eval_limit=200),
+    #                 tiny       real
+    "steps":         (60,        200),
+    "prompts":       (16,        32),          # problems per step
+    "group":         (8,         10),          # rollouts per problem (G)
+    "minibatch":     (8,         8),           # problems per optimizer update: prompts / minibatch updates a step
+    "micro_batch":   (64,        4),           # rollouts per forward/backward (memory only)
+    "max_tokens":    (256,       2048),        # per rollout, after the prompt (authors: 8192)
+    "temperature":   (1.0,       0.6),
+    "top_k":         (0,         20),
+    "top_p":         (1.0,       0.99),
+    "lr":            (1e-4,      1e-6),
+    "warmup":        (10,        0),
+    "lr_schedule":   ("cosine",  "constant"),  # after the warm-up
+    "beta2":         (0.99,      0.999),       # AdamW (beta1 0.9)
+    "weight_decay":  (0.0,       0.01),
+    "entropy_coef":  (0.0,       0.001),
+    "eval_every":    (20,        50),
+    "eval_limit":    (100,       200),
 }
 # sft.py flags of the tiny warm start: a short SFT on the weak demonstrator's trajectories,
 # which plays the pretrained student (it knows the format and has habits to unlearn).
@@ -46,9 +59,10 @@ WARM_START = ["--traces", "demo", "--limit", "400", "--steps", "350", "--eval-ev
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line (sys.argv when `argv` is None), profile defaults filled in; bad
-    values exit through ap.error with one line."""
+    """The command line (sys.argv when `argv` is None), PROFILES filling what it leaves
+    unset; bad values exit through ap.error with one line."""
     ap = argparse.ArgumentParser(description="GRPO with the MENTOR reward (or a baseline reward).")
+    unset = dict(default=None)  # PROFILES fills it
     # what to train, from where, on what
     ap.add_argument("--model", default=None, help="HF model name or path (default: the built-in tiny student)")
     ap.add_argument("--init", default=None, help="checkpoint to start from (default: --model, or the tiny warm start)")
@@ -59,36 +73,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                  "(default: data/CONDITION)")
     ap.add_argument("--out", default=None, help="run folder (default: runs/rl-REWARD)")
     # rollouts
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--prompts", type=int, default=None, help="problems per step")
-    ap.add_argument("--group", type=int, default=None, help="rollouts per problem (G)")
+    ap.add_argument("--steps", type=int, **unset)
+    ap.add_argument("--prompts", type=int, **unset, help="problems per step")
+    ap.add_argument("--group", type=int, **unset, help="rollouts per problem (G)")
     ap.add_argument("--max-turns", type=int, default=5)
-    ap.add_argument("--max-tokens", type=int, default=None, help="tokens per rollout after the prompt")
-    ap.add_argument("--temperature", type=float, default=None)
-    ap.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens (0: all)")
-    ap.add_argument("--top-p", type=float, default=None)
+    ap.add_argument("--max-tokens", type=int, **unset, help="tokens per rollout after the prompt")
+    ap.add_argument("--temperature", type=float, **unset)
+    ap.add_argument("--top-k", type=int, **unset, help="sample from the k most likely tokens (0: all)")
+    ap.add_argument("--top-p", type=float, **unset)
     ap.add_argument("--rollout-batch", type=int, default=None,
                     help="problems per rollout call (default: all of a step; fewer saves KV memory)")
     # the update
-    ap.add_argument("--minibatch", type=int, default=None,
+    ap.add_argument("--minibatch", type=int, **unset,
                     help="problems (whole groups) per optimizer update: a step makes prompts / minibatch updates")
-    ap.add_argument("--micro-batch", type=int, default=None,
+    ap.add_argument("--micro-batch", type=int, **unset,
                     help="rollouts per forward/backward; gradients accumulate, so it changes memory, not the result")
     ap.add_argument("--ppo-epochs", type=int, default=1)
-    ap.add_argument("--lr", type=float, default=None)
-    ap.add_argument("--warmup", type=int, default=None, help="steps of linear lr warm-up")
-    ap.add_argument("--lr-schedule", choices=["cosine", "constant"], default=None,
+    ap.add_argument("--lr", type=float, **unset)
+    ap.add_argument("--warmup", type=int, **unset, help="steps of linear lr warm-up")
+    ap.add_argument("--lr-schedule", choices=["cosine", "constant"], **unset,
                     help="after the warm-up: cosine decay to 10%% of --lr, or constant")
-    ap.add_argument("--beta2", type=float, default=None, help="AdamW's second-moment decay (beta1 is 0.9)")
-    ap.add_argument("--weight-decay", type=float, default=None)
+    ap.add_argument("--beta2", type=float, **unset, help="AdamW's second-moment decay (beta1 is 0.9)")
+    ap.add_argument("--weight-decay", type=float, **unset)
     ap.add_argument("--kl-coef", type=float, default=0.001)
-    ap.add_argument("--entropy-coef", type=float, default=None)
+    ap.add_argument("--entropy-coef", type=float, **unset)
     ap.add_argument("--clip-low", type=float, default=0.2)
     ap.add_argument("--clip-high", type=float, default=0.2)
     ap.add_argument("--dual-clip", type=float, default=3.0, help="bound on the loss of negative advantages (c)")
     # evaluation, checkpoints, hardware
-    ap.add_argument("--eval-every", type=int, default=None)
-    ap.add_argument("--eval-limit", type=int, default=None, help="problems per split in periodic evaluations")
+    ap.add_argument("--eval-every", type=int, **unset)
+    ap.add_argument("--eval-limit", type=int, **unset, help="problems per split in periodic evaluations")
     ap.add_argument("--save-every", type=int, default=50)
     ap.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     ap.add_argument("--seed", type=int, default=0)
@@ -96,9 +110,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--compile", action="store_true", help="torch.compile the policy (CUDA)")
     ap.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing (long sequences on a real model)")
     args = ap.parse_args(argv)
-    for key, value in PROFILES["tiny" if args.model is None else "real"].items():
+    for key, (tiny, real) in PROFILES.items():
         if getattr(args, key) is None:
-            setattr(args, key, value)
+            setattr(args, key, tiny if args.model is None else real)
     args.rollout_batch = args.rollout_batch or args.prompts
     if args.group < 2:
         ap.error("--group must be at least 2 (GRPO compares samples within a group)")
@@ -124,9 +138,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def grpo_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
     """(r - group mean) / (group std + eps), rewards laid out group by group, unbiased std.
 
-    A group whose rewards are all equal carries no signal and gets exactly 0: its float32
-    mean can be off by an ulp, and that error divided by (0 + eps) would push the whole
-    group up or down (by -0.056 for eight rewards of 0.8)."""
+    GRPO needs no value network: a rollout's baseline is the mean of the G rollouts of its
+    own problem, and dividing by their spread puts easy and hard problems on one scale. A
+    group whose rewards are all equal carries no signal and gets exactly 0: its float32 mean
+    can be off by an ulp, and that error divided by (0 + eps) would push the whole group up
+    or down (by -0.056 for eight rewards of 0.8)."""
     r = rewards.view(-1, group_size)
     adv = (r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + eps)
     return adv.masked_fill((r == r[:, :1]).all(1, keepdim=True), 0.0).view(-1)
@@ -161,23 +177,7 @@ def token_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum()
 
 
-def habit_stats(scores: list[dict], records: list[dict]) -> dict:
-    """What the student does where a habit would pick other tools than the teacher: the share
-    of rollouts that use exactly the teacher's set of tools, overall and on those problems."""
-    out = {"same_tools": sum(s["same_tools"] for s in scores) / len(scores)}
-    habit = [s for s, r in zip(scores, records) if habit_differs(r)]
-    if habit:
-        out["same_tools_habit"] = sum(s["same_tools"] for s in habit) / len(habit)
-    return out
-
-
-def habit_differs(record: dict) -> bool:
-    """Whether the record's habit (built-in benchmark) uses other tools than its teacher."""
-    return bool(record.get("habit") and record["teacher"]) and \
-        set(record["habit"]["tools"]) != set(record["teacher"]["tools"])
-
-
-# ------------------------------------------------------------------------------ the loop
+# ------------------------------------------------------------------------- the helpers
 
 def batched_logprobs(policy, data: dict, rows: torch.Tensor, size: int, temperature: float) -> torch.Tensor:
     """logprobs() of the batch rows `rows`, `size` at a time, without gradients, padded to
@@ -194,6 +194,29 @@ def trim(data: dict, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The ids and attention mask of batch rows `rows`, cut to their own longest sequence."""
     width = int(data["attention_mask"][rows].sum(1).max())
     return data["ids"][rows, :width], data["attention_mask"][rows, :width]
+
+
+def habit_differs(record: dict) -> bool:
+    """Whether the record's habit (built-in benchmark) uses other tools than its teacher."""
+    return bool(record.get("habit") and record["teacher"]) and \
+        set(record["habit"]["tools"]) != set(record["teacher"]["tools"])
+
+
+def rollout_stats(scores: list[dict], records: list[dict], group: int) -> dict:
+    """What a step's rollouts did (their scores against their `records`): the means of the
+    score fields, the share of groups whose rewards all tie (they teach nothing), and the
+    share of rollouts that use exactly the teacher's tools, overall and on the problems where
+    a habit would pick other ones."""
+    rewards = torch.tensor([s["reward"] for s in scores])
+    out = {"reward": rewards.mean().item(), "reward_std": rewards.std().item(),
+           **{k: sum(float(s[k]) for s in scores) / len(scores)
+              for k in ("correct", "tool_match", "same_tools", "invalid_calls", "has_answer", "finished", "calls")},
+           "zero_var_groups": (rewards.view(-1, group).std(1) == 0).float().mean().item(),
+           "invalid_call_rate": sum(s["invalid_calls"] for s in scores) / max(1, sum(s["calls"] for s in scores))}
+    habit = [s for s, r in zip(scores, records) if habit_differs(r)]
+    if habit:
+        out["same_tools_habit"] = sum(s["same_tools"] for s in habit) / len(habit)
+    return out
 
 
 def warm_start(args: argparse.Namespace) -> str:
@@ -223,52 +246,65 @@ def starting_eval(init: str, policy, tokenizer, splits: dict, args: argparse.Nam
         if all(saved.get(name, {}).get("data") == evaluate.fingerprint(recs) and saved[name].get("limits") == wanted
                for name, recs in splits.items()):
             return saved
-    return sft.evaluate_splits(policy, tokenizer, splits, None, args.max_turns, args.max_tokens)
+    return evaluate.evaluate_splits(policy, tokenizer, splits, None, args.max_turns, args.max_tokens)
 
+
+def saved_state(args: argparse.Namespace) -> dict | None:
+    """--resume: the trainer state of the run folder's checkpoint (step, optimizer, random
+    states, where it started, its starting evaluation); None without --resume. Raises
+    ModelError when there is none, or when it was trained with another reward or start."""
+    if not args.resume:
+        return None
+    ckpt = student.checkpoint_dir(args.out)
+    if not ckpt or not os.path.isfile(os.path.join(ckpt, "trainer_state.pt")):
+        raise student.ModelError(f"{args.out}: no checkpoint to resume from")
+    state = torch.load(os.path.join(ckpt, "trainer_state.pt"), weights_only=False)
+    if state["reward"] != args.reward or (args.init or args.model or state["init"]) != state["init"]:
+        raise student.ModelError(f"{args.out} was trained with --reward {state['reward']} from {state['init']}; "
+                                 "resume it with the same")
+    return state
+
+
+# ------------------------------------------------------------------------------ the loop
 
 def train(args: argparse.Namespace) -> dict:
     """Run GRPO as configured; returns {"before": eval, "after": eval} on the test splits."""
     draw = random.Random(args.seed)  # the problems of each step (sft.py --matched draws the same)
     torch.manual_seed(args.seed)
+    # Data: the training problems (with their teacher reference) and the two test splits.
     paths = teacher.ensure_data(args.data, args.condition)
-    train_set = teacher.load_records(paths["train"], need_teacher=args.reward != "sparse")
-    splits = {name: teacher.load_records(paths[split], need_teacher=False)
+    train_set = files.load_records(paths["train"], need_teacher=args.reward != "sparse")
+    splits = {name: files.load_records(paths[split], need_teacher=False)
               for name, split in (("ID", "test_id"), ("OOD", "test_ood"))}
     if len(train_set) < args.prompts:
-        raise teacher.DataError(f"{paths['train']}: {len(train_set)} problems, fewer than --prompts {args.prompts}")
+        raise files.DataError(f"{paths['train']}: {len(train_set)} problems, fewer than --prompts {args.prompts}")
 
-    # The policy, the frozen reference (the starting point) and the optimizer; a resume
-    # restores the step, the optimizer and the random state, so it continues as if never stopped.
-    state = None
-    if args.resume:
-        ckpt = student.checkpoint_dir(args.out)
-        if not ckpt or not os.path.isfile(os.path.join(ckpt, "trainer_state.pt")):
-            raise student.ModelError(f"{args.out}: no checkpoint to resume from")
-        state = torch.load(os.path.join(ckpt, "trainer_state.pt"), weights_only=False)
-        if state["reward"] != args.reward or (args.init or args.model or state["init"]) != state["init"]:
-            raise student.ModelError(f"{args.out} was trained with --reward {state['reward']} from {state['init']}; "
-                                     "resume it with the same")
+    # The policy, the frozen reference (the starting point, the KL's anchor) and the optimizer.
+    state = saved_state(args)
     init = state["init"] if state else warm_start(args)
-    policy, tokenizer = student.load(args.out if args.resume else init, device=args.device, compile=args.compile)
+    policy, tokenizer = student.load(args.out if state else init, device=args.device, compile=args.compile)
     ref, _ = student.load(init, device=args.device, frozen=True)
     if args.grad_ckpt:
         policy.activation_checkpointing_enable()  # transformers 5 name of gradient checkpointing
     opt = torch.optim.AdamW(policy.parameters(), lr=args.lr, betas=(0.9, args.beta2), weight_decay=args.weight_decay)
-    start = 0
+
+    # A resume restores the step, the optimizer and both random states, and drops the log rows
+    # of steps after the checkpoint (they run again), so it continues as if never stopped.
+    start, before = 0, None
+    metrics = os.path.join(args.out, "metrics.jsonl")
     if state:
+        start, before = state["step"], state["before"]
         opt.load_state_dict(state["optimizer"])
-        start = state["step"]
         draw.setstate(state["python_rng"])
         torch.set_rng_state(state["torch_rng"])
+        if os.path.isfile(metrics):
+            with open(metrics) as f:
+                rows = [line for line in f if line.endswith("\n") and json.loads(line)["step"] <= start]
+            files.write_atomic(metrics, "".join(rows))
     os.makedirs(args.out, exist_ok=True)
-    evaluate.write_json(os.path.join(args.out, "args.json"), vars(args))
-    metrics = os.path.join(args.out, "metrics.jsonl")
-    if state and os.path.isfile(metrics):  # steps logged after the checkpoint will run again: drop their rows
-        with open(metrics) as f:
-            rows = [line for line in f if line.endswith("\n") and json.loads(line)["step"] <= start]
-        teacher.write_atomic(metrics, "".join(rows))
+    files.write_json(os.path.join(args.out, "args.json"), vars(args))
     log = open(metrics, "a" if state else "w")
-    before = state["before"] if state else starting_eval(init, policy, tokenizer, splits, args)
+    before = before or starting_eval(init, policy, tokenizer, splits, args)
     authors = not student.is_tiny(tokenizer)
     G, T = args.group, args.temperature
     updates = args.prompts // args.minibatch * args.ppo_epochs
@@ -294,10 +330,9 @@ def train(args: argparse.Namespace) -> dict:
         # 2. Score each rollout; its advantage is how much better it did than its group's mean.
         records = [p for p in problems for _ in range(G)]
         scores = [reward.score_rollout(r, p, args.reward) for r, p in zip(rollouts, records)]
-        rewards = torch.tensor([s["reward"] for s in scores])
-        adv = grpo_advantages(rewards, G).to(args.device)
+        adv = grpo_advantages(torch.tensor([s["reward"] for s in scores]), G).to(args.device)
         data = {k: v.to(args.device) for k, v in student.collate(rollouts, tokenizer.pad_token_id).items()}
-        mask = data["loss_mask"]  # 1 on sampled tokens only: never on the prompt or the tool results
+        mask = data["loss_mask"]  # 1 on sampled tokens only: the prompt and tool results are read, not learned
 
         # 3. Log-probs of the reference, and of the policy before this step's updates (the
         # "old" policy of the PPO ratio). With a single update the ratio's old side is the
@@ -309,9 +344,10 @@ def train(args: argparse.Namespace) -> dict:
         old_logp = None if updates == 1 else batched_logprobs(policy, data, every, args.micro_batch, T)
 
         # 4. PPO updates: mini-batches of whole groups; each loss is a token mean over the
-        # whole mini-batch (long rollouts weigh more, as in the authors' token-mean), built from
-        # micro-batches whose gradients add up to exactly the mini-batch's.
-        stats = {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_frac": 0.0, "logprob_gap": 0.0}
+        # whole mini-batch (every sampled token counts once, so long rollouts weigh more, as
+        # in the authors' token-mean), built from micro-batches whose gradients add up to
+        # exactly the mini-batch's.
+        sums = dict.fromkeys(("loss", "pg_loss", "kl", "entropy", "clip_frac", "logprob_gap"), 0.0)
         grad_norms, skipped = [], 0
         for epoch in range(args.ppo_epochs):
             for groups in torch.randperm(args.prompts).split(args.minibatch):
@@ -327,10 +363,10 @@ def train(args: argparse.Namespace) -> dict:
                     kl = kl_penalty(logp, ref_logp[micro, :width])
                     loss = token_sum(pg + args.kl_coef * kl - args.entropy_coef * entropy, m) / n_tokens
                     loss.backward()
-                    for key, value in [("loss", loss * n_tokens), ("pg_loss", token_sum(pg, m)), ("kl", token_sum(kl, m)),
-                                       ("entropy", token_sum(entropy, m)), ("clip_frac", token_sum(clipped, m)),
-                                       ("logprob_gap", token_sum((old - data["old_logprobs"][micro, :width]).abs(), m))]:
-                        stats[key] += value.item()
+                    gap = (old - data["old_logprobs"][micro, :width]).abs()  # trainer vs sampler log-probs
+                    for key, value in [("loss", loss * n_tokens), ("pg_loss", pg), ("kl", kl), ("entropy", entropy),
+                                       ("clip_frac", clipped), ("logprob_gap", gap)]:
+                        sums[key] += (value if key == "loss" else token_sum(value, m)).item()
                 grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
                 if not torch.isfinite(grad_norm):  # a NaN or inf anywhere: skip rather than wreck the weights
                     tqdm.write(f"step {step + 1}: non-finite gradient, update skipped")
@@ -339,23 +375,17 @@ def train(args: argparse.Namespace) -> dict:
                 opt.step()
                 grad_norms.append(grad_norm.item())
 
-        # 5. Log what happened; evaluate and save now and then.
+        # 5. Log what happened (per-token means of the loss terms); evaluate and save now and then.
         sampled = mask.sum().item()
-        row = {"step": step + 1, "reward": rewards.mean().item(), "reward_std": rewards.std().item(),
-               **{k: sum(float(s[k]) for s in scores) / len(scores)
-                  for k in ("correct", "tool_match", "invalid_calls", "has_answer", "finished", "calls")},
-               "zero_var_groups": (rewards.view(-1, G).std(1) == 0).float().mean().item(),
-               **habit_stats(scores, records),
-               "invalid_call_rate": sum(s["invalid_calls"] for s in scores) / max(1, sum(s["calls"] for s in scores)),
-               "response_tokens": sampled / len(rollouts),
-               **{k: v / (sampled * args.ppo_epochs) for k, v in stats.items()},
+        row = {"step": step + 1, **rollout_stats(scores, records, G), "response_tokens": sampled / len(rollouts),
+               **{key: total / (sampled * args.ppo_epochs) for key, total in sums.items()},
                "grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else float("nan"),
                "skipped_updates": skipped, "lr": lr,
                "rollout_time": t_roll - t0, "step_time": time.time() - t0, "tokens_per_s": sampled / (t_roll - t0)}
         if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
-            for name, m in sft.evaluate_splits(policy, tokenizer, splits, args.eval_limit, args.max_turns,
-                                               args.max_tokens).items():
-                row[f"{name}_accuracy"] = m["accuracy"]
+            for name, result in evaluate.evaluate_splits(policy, tokenizer, splits, args.eval_limit, args.max_turns,
+                                                         args.max_tokens).items():
+                row[f"{name}_accuracy"] = result["accuracy"]
         log.write(json.dumps(row) + "\n")
         log.flush()
         bar.set_postfix(reward=f"{row['reward']:.3f}", acc=f"{row['correct']:.2f}", kl=f"{row['kl']:.4f}")
@@ -364,8 +394,8 @@ def train(args: argparse.Namespace) -> dict:
                 "step": step + 1, "optimizer": opt.state_dict(), "python_rng": draw.getstate(),
                 "torch_rng": torch.get_rng_state(), "init": init, "reward": args.reward, "before": before})
 
-    after = sft.evaluate_splits(policy, tokenizer, splits, None, args.max_turns, args.max_tokens)
-    evaluate.write_json(os.path.join(args.out, "eval.json"), after)
+    after = evaluate.evaluate_splits(policy, tokenizer, splits, None, args.max_turns, args.max_tokens)
+    files.write_json(os.path.join(args.out, "eval.json"), after)
     log.close()
     print(evaluate.table({f"before ({init})": before, f"after ({args.out})": after}))
     for name in after:
@@ -378,7 +408,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         train(args)
-    except (teacher.DataError, student.ModelError, OSError) as e:  # OSError: e.g. --out names a file
+    except (files.DataError, student.ModelError, OSError) as e:  # OSError: e.g. --out names a file
         sys.exit(f"error: {e}")
 
 

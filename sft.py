@@ -19,16 +19,20 @@ import torch
 from tqdm import tqdm
 
 import evaluate
+import files
 import model as student
 import tasks
 import teacher
 import tools
 
-# Defaults that depend on the model size: the tiny built-in student learns from scratch and
-# wants a large learning rate; a pretrained model only needs a gentle nudge.
+# The defaults that depend on the model, side by side: the tiny built-in student learns from
+# scratch and wants a large learning rate; a pretrained model only needs a gentle nudge.
 PROFILES = {
-    "tiny": dict(steps=450, batch_size=32, lr=3e-3, warmup=40),
-    "real": dict(steps=500, batch_size=8, lr=1e-5, warmup=20),
+    #                tiny    real
+    "steps":        (450,   500),
+    "batch_size":   (32,    8),
+    "lr":           (3e-3,  1e-5),
+    "warmup":       (40,    20),   # linear, then a cosine decay to 10%
 }
 
 
@@ -56,9 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     args = ap.parse_args(argv)
-    for key, value in PROFILES["tiny" if args.model is None else "real"].items():
+    for key, (tiny, real) in PROFILES.items():
         if getattr(args, key) is None:
-            setattr(args, key, value)
+            setattr(args, key, tiny if args.model is None else real)
     if min(args.steps, args.batch_size, args.eval_limit, 1 if args.limit is None else args.limit) < 1 or args.lr <= 0:
         ap.error("--steps, --batch-size, --eval-limit, --limit and --lr must be positive")
     args.data = args.data or os.path.join("data", args.condition)
@@ -87,17 +91,6 @@ def batch(examples: list[tuple[list[int], list[int]]], pad_id: int, device) -> t
     for i, (x, m) in enumerate(examples):
         ids[i, :len(x)], attn[i, :len(x)], mask[i, :len(m)] = torch.tensor(x), 1, torch.tensor(m, dtype=torch.float)
     return ids.to(device), attn.to(device), mask.to(device)
-
-
-def evaluate_splits(policy, tokenizer, splits: dict[str, list[dict]], limit: int | None, max_turns: int = 5,
-                    max_tokens: int = 256) -> dict[str, dict]:
-    """Greedy accuracy and friends on each test split (the first `limit` problems)."""
-    policy.eval()
-    with torch.no_grad():
-        out = {name: evaluate.evaluate(policy, tokenizer, recs[:limit], max_turns=max_turns, max_tokens=max_tokens)
-               for name, recs in splits.items()}
-    policy.train()
-    return out
 
 
 def conversation(record: dict, messages: list[dict], authors: bool) -> list[dict]:
@@ -141,11 +134,11 @@ def train(args: argparse.Namespace) -> dict[str, dict]:
     """Run SFT as configured by `args`; returns the final evaluation per split."""
     torch.manual_seed(args.seed)
     paths = teacher.ensure_data(args.data, args.condition)
-    records = teacher.load_records(paths["train"])[:args.limit]
+    records = files.load_records(paths["train"])[:args.limit]
     traces = [(r["demo"] if args.traces == "demo" and r["demo"] else r["teacher"])["messages"] for r in records]
     if not all(traces):
-        raise teacher.DataError(f"{paths['train']}: records without trajectories (messages) to learn from")
-    splits = {name: teacher.load_records(paths[split], need_teacher=False)
+        raise files.DataError(f"{paths['train']}: records without trajectories (messages) to learn from")
+    splits = {name: files.load_records(paths[split], need_teacher=False)
               for name, split in (("ID", "test_id"), ("OOD", "test_ood"))}
     if args.model is None:
         teacher.ensure_tiny()
@@ -153,7 +146,7 @@ def train(args: argparse.Namespace) -> dict[str, dict]:
     authors = not student.is_tiny(tokenizer)
     examples = [student.encode(tokenizer, conversation(r, t, authors), tools.schemas()) for r, t in zip(records, traces)]
     os.makedirs(args.out, exist_ok=True)
-    evaluate.write_json(os.path.join(args.out, "args.json"), vars(args))
+    files.write_json(os.path.join(args.out, "args.json"), vars(args))
     log = open(os.path.join(args.out, "metrics.jsonl"), "w")
     print(f"sft: {len(examples)} trajectories, {sum(p.numel() for p in policy.parameters()) / 1e6:.2f}M parameters, "
           f"{args.steps} steps of {args.batch_size}")
@@ -182,15 +175,15 @@ def train(args: argparse.Namespace) -> dict[str, dict]:
         row = {"step": step + 1, "loss": loss.item(), "grad_norm": grad_norm.item(), "lr": lr,
                "step_time": time.time() - t0}
         if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
-            for name, m in evaluate_splits(policy, tokenizer, splits, args.eval_limit).items():
+            for name, m in evaluate.evaluate_splits(policy, tokenizer, splits, args.eval_limit).items():
                 row[f"{name}_accuracy"] = m["accuracy"]
         log.write(json.dumps(row) + "\n")
         log.flush()
         bar.set_postfix(loss=f"{row['loss']:.3f}", **{k: f"{v:.2f}" for k, v in row.items() if k.endswith("accuracy")})
 
     student.save(args.out, policy, tokenizer)
-    final = evaluate_splits(policy, tokenizer, splits, None)
-    evaluate.write_json(os.path.join(args.out, "eval.json"), final)
+    final = evaluate.evaluate_splits(policy, tokenizer, splits, None)
+    files.write_json(os.path.join(args.out, "eval.json"), final)
     log.write(json.dumps({"step": args.steps, **{f"{n}_accuracy": m["accuracy"] for n, m in final.items()}}) + "\n")
     log.close()
     print(evaluate.table({args.out: final}))
@@ -202,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         train(args)
-    except (teacher.DataError, student.ModelError, OSError) as e:  # OSError: e.g. --out names a file
+    except (files.DataError, student.ModelError, OSError) as e:  # OSError: e.g. --out names a file
         sys.exit(f"error: {e}")
 
 

@@ -5,9 +5,18 @@ of turns; each turn is a list of calls `(tool name, arguments)` that can run in 
 and an argument "#k" stands for the result of the k-th call of the plan. Answers are
 computed by running the plan through tools.call_tool, never written by hand.
 
-In-domain (ID) families are what the student trains on. Out-of-domain (OOD) families use
-the same tools and the same words, shifted mildly (a tiny student generalizes only within
-what its training spans, so a big shift would put every method at 0%):
+The benchmark comes in four conditions (CONDITIONS, below the families). Three give a weak
+demonstrator, whose trajectories are the warm start's data, a *habit*: it picks some tools
+by a surface cue where the question says which (rounding by the container's noun, no
+abs_value for towers). They differ in what the outcome can see: the habit's answer is right
+on every training problem ("hidden"), or wrong on about half ("refuted"), or the teacher
+itself errs on a fifth of one family ("wrong"). Out of domain the habit is always wrong.
+The fourth ("none") is the original suite below, where the demonstrator is the teacher.
+
+In the original suite, in-domain (ID) families are what the student trains on.
+Out-of-domain (OOD) families use the same tools and the same words, shifted mildly (a tiny
+student generalizes only within what its training spans, so a big shift would put every
+method at 0%):
   - ood_total_four:   a total of exactly four numbers; ID totals have two, three or five,
                       so four is an unseen length inside the seen range.
   - ood_big_numbers:  the ID "boxes" story with 4-digit pen counts; ID boxes have 1 to 3
@@ -19,6 +28,7 @@ what its training spans, so a big shift would put every method at 0%):
 Some families admit two valid strategies (sum_numbers versus a chain of add; power(x, 2)
 versus multiply(x, x)), so strict replication of the teacher and flexible matching differ.
 """
+import functools
 import math
 import random
 import re
@@ -362,9 +372,7 @@ def same_math(pred: str, gold: str) -> bool | None:
     try:
         from math_verify import parse, verify
     except ImportError:
-        if NO_MATH_VERIFY not in warned:
-            warned.add(NO_MATH_VERIFY)
-            print(NO_MATH_VERIFY, file=sys.stderr)
+        note_once(NO_MATH_VERIFY)
         return None
     if len(pred) > 500:  # a model's runaway box: not worth a parser's time
         return False
@@ -374,7 +382,10 @@ def same_math(pred: str, gold: str) -> bool | None:
         return False
 
 
-warned: set[str] = set()
+@functools.cache
+def note_once(message: str) -> None:
+    """Print `message` to stderr the first time only."""
+    print(message, file=sys.stderr)
 
 
 def extract_answer(text: str) -> str | None:

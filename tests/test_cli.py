@@ -51,9 +51,9 @@ def test_compare_reuses_a_run_of_the_same_settings(tmp_path, no_training):
 
 
 @pytest.mark.parametrize("method, flags, message", [
-    ("mentor", ["--rl-steps", "5"], "was trained with steps=60, this run asks for 5; use another --out or delete it"),
-    ("sft-all", ["--sft-steps", "5"], "was trained with steps=600, this run asks for 5"),
-    ("sft-matched", ["--rl-steps", "5"], "was trained with steps=60, this run asks for 5"),
+    ("mentor", ["--rl-steps", "5"], "was trained with steps=40, this run asks for 5; use another --out or delete it"),
+    ("sft-all", ["--sft-steps", "5"], "was trained with steps=300, this run asks for 5"),
+    ("sft-matched", ["--rl-steps", "5"], "was trained with steps=40, this run asks for 5"),
 ])
 def test_compare_refuses_a_run_of_other_settings(tmp_path, no_training, method, flags, message):
     warm = str(tmp_path / "warm-s0")
@@ -63,12 +63,12 @@ def test_compare_refuses_a_run_of_other_settings(tmp_path, no_training, method, 
 
 
 def test_compare_refuses_an_rl_run_of_fewer_steps(tmp_path, no_training):
-    # args.json as rl.py wrote it for compare.py's mentor run of seed 0, with the default 60 steps.
+    # args.json as rl.py wrote it for compare.py's mentor run of seed 0, with the default 40 steps.
     warm, out = str(tmp_path / "warm-s0"), str(tmp_path / "hidden" / "mentor-s0")
     finished_run(rl.parse_args(["--condition", "hidden", "--device", "cpu", "--seed", "0", "--out", out, "--init", warm,
-                                "--reward", "mentor", "--steps", "60", "--eval-every", "0"]))
+                                "--reward", "mentor", "--steps", "40", "--eval-every", "0"]))
     assert compare.run_method("hidden", "mentor", 0, warm, compare.parse_args(["--out", str(tmp_path)])) == out
-    with pytest.raises(model.ModelError, match=f"^{out} was trained with steps=60, this run asks for 5; "):
+    with pytest.raises(model.ModelError, match=f"^{out} was trained with steps=40, this run asks for 5; "):
         compare.run_method("hidden", "mentor", 0, warm, compare.parse_args(["--out", str(tmp_path), "--rl-steps", "5"]))
 
 
@@ -97,7 +97,7 @@ def test_compare_main_stops_before_training_anything(tmp_path, no_training, monk
                                       "--conditions", "hidden", "--rl-steps", "5"])
     with pytest.raises(SystemExit) as e:
         compare.main()
-    assert str(e.value.code).startswith(f"error: {tmp_path / 'hidden' / 'mentor-s0'} was trained with steps=60")
+    assert str(e.value.code).startswith(f"error: {tmp_path / 'hidden' / 'mentor-s0'} was trained with steps=40")
 
 
 @pytest.mark.parametrize("flags", [["--repeats", "0"], ["--batch", "0"], ["--max-tokens", "0"], ["--warmup", "-1"],

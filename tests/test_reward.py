@@ -12,7 +12,7 @@ from pytest import approx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import reward  # noqa: E402
-import teacher  # noqa: E402
+import files  # noqa: E402
 import tools  # noqa: E402
 
 score = reward.score_text  # the text form: calls parsed from the completion
@@ -212,7 +212,7 @@ def test_teacher_trajectory_calls_work_as_strict_reference():
     import teacher
     p = tasks.Problem("t-0", "q", "14", "train", "shirts",
                       [[("add", {"a": 3, "b": 4})], [("multiply", {"a": "#0", "b": 2})]])
-    ref = teacher.tool_calls(teacher.trajectory(p))
+    ref = files.tool_calls(teacher.trajectory(p))
     assert score(ADD + MUL + box(14), "14", ref, mode="strict")["reward"] == approx(1.1)
     assert score(ADD + MUL + box(14), "14", [c["name"] for c in ref])["reward"] == approx(1.1)
 
@@ -253,7 +253,7 @@ class FakeRollout:
 def test_the_authors_rows_score_against_their_teacher(tmp_path, row):
     path = tmp_path / "rows.jsonl"
     path.write_text(json.dumps(row) + "\n")
-    record = teacher.load_records(str(path))[0]
+    record = files.load_records(str(path))[0]
     # calling the teacher's tool beats calling none (the reverse of what an empty teacher gave)
     assert reward.score_rollout(FakeRollout(call("add", a=2, b=3) + box(5)), record)["reward"] == approx(1.1)
     assert reward.score_rollout(FakeRollout(box(5)), record)["reward"] == approx(0.8)
@@ -262,7 +262,7 @@ def test_the_authors_rows_score_against_their_teacher(tmp_path, row):
 def test_a_record_without_teacher_scores_only_sparse(tmp_path):
     path = tmp_path / "rows.jsonl"
     path.write_text(json.dumps({"question": "2 + 3?", "answer": "5"}) + "\n")
-    record = teacher.load_records(str(path), need_teacher=False)[0]
+    record = files.load_records(str(path), need_teacher=False)[0]
     assert record["teacher"] is None
     assert reward.score_rollout(FakeRollout(box(5)), record, mode="sparse")["reward"] == 1.0
     with pytest.raises(ValueError, match="no teacher reference"):

@@ -12,6 +12,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import tasks  # noqa: E402
+import files  # noqa: E402
 import teacher  # noqa: E402
 
 
@@ -54,7 +55,7 @@ def test_trajectory_shape():
     assert messages[5] == {"role": "tool", "name": "multiply", "content": "20"}
     assert messages[6] == {"role": "assistant", "content": "\\boxed{20}"}
     assert len(messages) == 7
-    assert teacher.tool_calls(messages) == [{"name": "add", "arguments": {"a": 2, "b": 3}},
+    assert files.tool_calls(messages) == [{"name": "add", "arguments": {"a": 2, "b": 3}},
                                             {"name": "multiply", "arguments": {"a": 5, "b": 4}}]
     assert teacher.replay(messages) == "20"
 
@@ -99,7 +100,7 @@ def test_write_scripted_is_reproducible(tmp_path):
     first = json.loads(lines[0])
     assert set(first) == {"id", "question", "answer", "split", "family", "teacher"}
     assert first["id"] == "train-0" and first["split"] == "train"
-    assert first["teacher"]["tools"] == [c["name"] for c in teacher.tool_calls(first["teacher"]["messages"])]
+    assert first["teacher"]["tools"] == [c["name"] for c in files.tool_calls(first["teacher"]["messages"])]
     assert teacher.replay(first["teacher"]["messages"]) == first["answer"]
 
     teacher.write_scripted(str(tmp_path / "c"), "none", 30, 6)
@@ -108,7 +109,7 @@ def test_write_scripted_is_reproducible(tmp_path):
 
 def test_load_records_round_trip(tmp_path):
     teacher.write_scripted(str(tmp_path), "none", 12, 0)
-    records = teacher.load_records(str(tmp_path / "train.jsonl"))
+    records = files.load_records(str(tmp_path / "train.jsonl"))
     problems = tasks.benchmark("none", n_train=12, seed=0)["train"]
     assert [r["question"] for r in records] == [p.question for p in problems]
     assert [r["answer"] for r in records] == [p.answer for p in problems]
@@ -126,7 +127,7 @@ def test_load_records_authors_format(tmp_path):
              "tool_calls_used": '["multiply", "add"]', "data_source": "nvidia/AceReason-Math"},
             {"question": "What is 2 + 2?", "answer": 4, "teacher_tools": ["add"]}]
     path.write_text(json.dumps(rows[0]) + "\n\n" + "\n".join(json.dumps(r) for r in rows[1:]) + "\n")
-    records = teacher.load_records(str(path))
+    records = files.load_records(str(path))
     assert [r["question"] for r in records] == [r["question"] for r in rows]
     assert [r["answer"] for r in records] == ["5", "7", "4"]
     assert [r["teacher"] for r in records] == [{"messages": [], "tools": ["add"]},
@@ -141,10 +142,10 @@ def test_a_row_without_teacher_reference_is_an_error_unless_not_needed(tmp_path)
     path = tmp_path / "rows.jsonl"
     good = json.dumps({"question": "q", "answer": "1", "tool_calls_used": ["add"]})
     path.write_text(good + "\n" + json.dumps({"question": "q2", "reward_model": {"ground_truth": "2"}}) + "\n")
-    with pytest.raises(teacher.DataError) as e:
-        teacher.load_records(str(path))
+    with pytest.raises(files.DataError) as e:
+        files.load_records(str(path))
     assert str(e.value).startswith(f"{path}:2: no teacher reference")
-    records = teacher.load_records(str(path), need_teacher=False)
+    records = files.load_records(str(path), need_teacher=False)
     assert records[1]["teacher"] is None and records[1]["answer"] == "2"
 
 
@@ -152,8 +153,8 @@ def test_tool_names_the_registry_does_not_know_are_one_error(tmp_path):
     path = tmp_path / "rows.jsonl"
     path.write_text("\n".join(json.dumps({"question": f"q{i}", "answer": "1", "tool_calls_used": names})
                               for i, names in enumerate([["add"], ["search", "add"], ["python"], ["search"]])))
-    with pytest.raises(teacher.DataError) as e:
-        teacher.load_records(str(path))
+    with pytest.raises(files.DataError) as e:
+        files.load_records(str(path))
     message = str(e.value)
     assert message.startswith(f"{path}: the teacher uses tools that tools.py does not have: "
                               "'search' (line 2), 'python' (line 3)")
@@ -165,7 +166,7 @@ def test_parquet_rows_load_like_jsonl(tmp_path):
     import pyarrow.parquet
     rows = [{"question": "What is 2 + 3?", "reward_model": {"ground_truth": "5"}, "tool_calls_used": '["add"]'}]
     pyarrow.parquet.write_table(pyarrow.Table.from_pylist(rows), str(tmp_path / "train.parquet"))
-    records = teacher.load_records(str(tmp_path / "train.parquet"))
+    records = files.load_records(str(tmp_path / "train.parquet"))
     assert records[0]["answer"] == "5" and records[0]["teacher"]["tools"] == ["add"]
 
 
@@ -173,8 +174,8 @@ def test_parquet_without_pyarrow_is_one_line(tmp_path, monkeypatch):
     (tmp_path / "train.parquet").write_bytes(b"PAR1")
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if not installed
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
-    with pytest.raises(teacher.DataError, match="needs pyarrow"):
-        teacher.load_records(str(tmp_path / "train.parquet"))
+    with pytest.raises(files.DataError, match="needs pyarrow"):
+        files.load_records(str(tmp_path / "train.parquet"))
 
 
 @pytest.mark.parametrize("bad_line, reason", [
@@ -190,21 +191,21 @@ def test_load_records_malformed_line_names_file_and_line(tmp_path, bad_line, rea
     path = tmp_path / "data.jsonl"
     good = json.dumps({"question": "q", "answer": "1", "teacher_tools": ["add"]})
     path.write_text(good + "\n" + good + "\n" + bad_line + "\n" + good + "\n")
-    with pytest.raises(teacher.DataError) as e:
-        teacher.load_records(str(path))
+    with pytest.raises(files.DataError) as e:
+        files.load_records(str(path))
     assert str(e.value).startswith(f"{path}:3: ")
     assert reason in str(e.value)
 
 
 def test_load_records_missing_and_empty_files(tmp_path):
     missing = tmp_path / "nope.jsonl"
-    with pytest.raises(teacher.DataError, match="no such file") as e:
-        teacher.load_records(str(missing))
+    with pytest.raises(files.DataError, match="no such file") as e:
+        files.load_records(str(missing))
     assert str(missing) in str(e.value)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n\n")
-    with pytest.raises(teacher.DataError, match="no records"):
-        teacher.load_records(str(empty))
+    with pytest.raises(files.DataError, match="no records"):
+        files.load_records(str(empty))
 
 
 def test_ensure_data_writes_only_when_missing(tmp_path):
@@ -219,7 +220,7 @@ def test_ensure_data_writes_only_when_missing(tmp_path):
 def test_ensure_data_never_overwrites_a_partial_folder(tmp_path):
     own = json.dumps({"question": "What is 2 + 3?", "answer": "5", "teacher_tools": ["add"]}) + "\n"
     (tmp_path / "train.jsonl").write_text(own)
-    with pytest.raises(teacher.DataError) as e:
+    with pytest.raises(files.DataError) as e:
         teacher.ensure_data(str(tmp_path), n_train=10, seed=0)
     message = str(e.value)
     assert "\n" not in message and str(tmp_path / "test_id.jsonl") in message
@@ -231,7 +232,7 @@ def test_ensure_data_never_overwrites_a_partial_folder(tmp_path):
 def test_ensure_data_on_a_file_is_a_data_error(tmp_path):
     path = tmp_path / "README.md"
     path.write_text("not data\n")
-    with pytest.raises(teacher.DataError, match="not a folder") as e:
+    with pytest.raises(files.DataError, match="not a folder") as e:
         teacher.ensure_data(str(path), n_train=10, seed=0)
     assert str(path) in str(e.value)
     assert path.read_text() == "not data\n"
@@ -241,7 +242,7 @@ def test_ensure_data_on_a_file_is_a_data_error(tmp_path):
 def test_write_atomic_gives_the_mode_of_a_normal_file(tmp_path, umask):
     old = os.umask(umask)
     try:
-        teacher.write_atomic(str(tmp_path / "atomic.json"), "{}")
+        files.write_atomic(str(tmp_path / "atomic.json"), "{}")
         (tmp_path / "plain.json").write_text("{}")
         assert os.umask(umask) == umask  # write_atomic left the umask as it was
     finally:

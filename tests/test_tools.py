@@ -215,14 +215,17 @@ def test_an_unclosed_call_does_not_swallow_the_next_turns_call():
            ["unclosed <tool_call>"] * 3
 
 
+# "Quickly" below is CPU time of this process (not wall time, which a busy machine stretches),
+# bounded far below what a quadratic parse or a computed power of 10**9 digits would take.
+
 def test_huge_body_is_refused_quickly():
     body = json.dumps({"name": "sum_numbers", "arguments": {"numbers": [1] * 100_000}})
-    start = time.perf_counter()
+    start = time.process_time()
     [call] = tools.parse_tool_calls(f"<tool_call>{body}</tool_call>")
     assert call["error"] == "tool call too long"
     [call] = tools.parse_tool_calls("<tool_call>" + "x" * 1_000_000)  # huge and unclosed
     assert call["error"] == "unclosed <tool_call>"
-    assert time.perf_counter() - start < 0.5
+    assert time.process_time() - start < 2
 
 
 def test_fuzz_garbage_and_truncations_never_raise():
@@ -329,19 +332,19 @@ def test_inputs_above_max_abs_and_non_numbers_are_rejected():
 
 
 def test_power_with_a_huge_exponent_is_refused_quickly():
-    start = time.perf_counter()
+    start = time.process_time()
     assert run("power", base=10, exponent=10 ** 9) == "error: result too large"
     assert run("power", base=-3, exponent=10 ** 12) == "error: result too large"
     assert run("power", base=1, exponent=10 ** 12) == "1"
     assert run("power", base=0.1, exponent=10 ** 9) == "0"  # underflows to zero, harmless
-    assert time.perf_counter() - start < 0.5
+    assert time.process_time() - start < 0.5
 
 
 def test_a_100k_element_sum_is_refused_quickly():
-    start = time.perf_counter()
+    start = time.process_time()
     result = run("sum_numbers", numbers=list(range(100_000)))
     assert result == f"error: argument 'numbers' must be a list of at most {tools.MAX_LIST} numbers"
-    assert time.perf_counter() - start < 0.5
+    assert time.process_time() - start < 0.5
     assert run("sum_numbers", numbers=[1] * tools.MAX_LIST) == "1000"  # the limit itself is fine
 
 

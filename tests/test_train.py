@@ -13,6 +13,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import evaluate  # noqa: E402
+import files  # noqa: E402
 import model  # noqa: E402
 import rl  # noqa: E402
 import sft  # noqa: E402
@@ -26,7 +27,7 @@ def workdir(tmp_path_factory):
     """A folder with data/ (small splits) and runs/tiny; the tests run inside it."""
     path = tmp_path_factory.mktemp("work")
     for split, problems in tasks.benchmark("hidden", n_train=200, n_test=8).items():
-        teacher.write_jsonl(str(path / "data" / "hidden" / f"{split}.jsonl"),
+        files.write_jsonl(str(path / "data" / "hidden" / f"{split}.jsonl"),
                             [teacher.record(p, teacher.trajectory(p)) for p in problems])
     old = os.getcwd()
     os.chdir(path)
@@ -61,7 +62,7 @@ def test_sft_lowers_the_loss_and_writes_a_run(warm):
 
 def test_sft_trains_only_the_assistant_tokens(warm):
     policy, tok = model.load(warm)
-    record = teacher.load_records("data/hidden/train.jsonl")[0]
+    record = files.load_records("data/hidden/train.jsonl")[0]
     ids, attn, mask = sft.batch([model.encode(tok, record["teacher"]["messages"], tools.schemas())], tok.pad_token_id, "cpu")
     trained = tok.decode(ids[0][mask[0] == 1])
     assert "<tool_call>" in trained and "\\boxed{" + record["answer"] + "}" in trained
@@ -180,7 +181,7 @@ def test_jsd_of_tool_usage():
 
 def test_evaluate_reports_every_metric_with_examples(warm):
     policy, tok = model.load(warm)
-    records = teacher.load_records("data/hidden/test_id.jsonl")
+    records = files.load_records("data/hidden/test_id.jsonl")
     m = evaluate.evaluate(policy, tok, records, k=2, max_tokens=96)
     for key in ("accuracy", "finished", "format_valid", "calls_per_problem", "invalid_call_rate", "tool_f1",
                 "tool_jsd", "pass@2"):
@@ -238,7 +239,7 @@ def test_llm_teacher_keeps_only_trajectories_that_reach_the_answer(warm):
     for record in kept:
         assert tasks.is_correct(tasks.extract_answer(record["teacher"]["messages"][-1]["content"]), record["answer"])
         assert tasks.is_correct(teacher.replay(record["teacher"]["messages"]), record["answer"])  # real tool outputs
-        assert record["teacher"]["tools"] == [c["name"] for c in teacher.tool_calls(record["teacher"]["messages"])]
+        assert record["teacher"]["tools"] == [c["name"] for c in files.tool_calls(record["teacher"]["messages"])]
     # a model that cannot solve anything yields nothing, not wrong trajectories
     assert teacher.llm_records("runs/tiny", problems[:2], samples=1, seed=0) == []
 
@@ -247,8 +248,9 @@ def test_compare_runs_every_method_over_seeds_and_reuses_finished_runs(warm, mon
     import compare
 
     monkeypatch.setattr(rl, "WARM_START", ["--traces", "demo", "--limit", "32", "--steps", "4", "--eval-every", "0"])
-    small = dict(prompts=4, group=2, minibatch=2, max_tokens=64)  # a barely trained student talks long
-    monkeypatch.setitem(rl.PROFILES, "tiny", {**rl.PROFILES["tiny"], **small})
+    # a barely trained student talks long: small steps and budgets
+    for key, value in dict(prompts=4, group=2, minibatch=2, max_tokens=64).items():
+        monkeypatch.setitem(rl.PROFILES, key, (value, rl.PROFILES[key][1]))
     argv = ["compare.py", "--conditions", "hidden", "--seeds", "2", "--rl-steps", "1", "--sft-steps", "2",
             "--out", "runs/cmp", "--methods", "sft-matched", "mentor"]
     monkeypatch.setattr(sys, "argv", argv)
@@ -276,8 +278,8 @@ def test_the_starting_evaluation_is_reused_only_for_the_same_problems_and_limits
     splits = {"ID": problems[:2], "OOD": problems[2:]}
     saved = {name: {"data": evaluate.fingerprint(recs), "limits": [5, 256], "accuracy": 0.5}
              for name, recs in splits.items()}
-    evaluate.write_json(str(tmp_path / "eval.json"), saved)
-    monkeypatch.setattr(sft, "evaluate_splits", lambda *args: "evaluated now")
+    files.write_json(str(tmp_path / "eval.json"), saved)
+    monkeypatch.setattr(evaluate, "evaluate_splits", lambda *args: "evaluated now")
     args = rl.parse_args(["--max-tokens", "256"])
     assert rl.starting_eval(str(tmp_path), None, None, splits, args) == saved
     swapped = {"ID": splits["OOD"], "OOD": splits["ID"]}  # same sizes, other problems
