@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 import evaluate
 import files
+import memory
 import model as student
 import reward
 import sft
@@ -282,6 +283,7 @@ def train(args: argparse.Namespace) -> dict:
     # The policy, the frozen reference (the starting point, the KL's anchor) and the optimizer.
     state = saved_state(args)
     init = state["init"] if state else warm_start(args)
+    memory.check(init, args, [p["question"] for p in train_set + splits["ID"] + splits["OOD"]])  # or refuse
     policy, tokenizer = student.load(args.out if state else init, device=args.device, compile=args.compile)
     ref, _ = student.load(init, device=args.device, frozen=True)
     if args.grad_ckpt:
