@@ -13,18 +13,25 @@ prompt, tool results, the next generation prompt) is rendered by the tokenizer's
 template and tokenized on its own, never re-tokenized from decoded model text. encode()
 cuts a finished conversation into the very same pieces, so SFT trains what rollouts sample.
 Padding is always carried by attention masks, never inferred from token ids.
+
+A rollout samples each turn in one loop (_sample_turn): a forward pass gives the logits,
+_pick draws the next token, the token goes back in. The forward passes run through a
+decoder: the model's own transformers forward here (_PlainDecoder), or engine.py's faster
+lean forward for the models where it computes the same logits (Qwen2).
 """
 import os
 import shutil
 import tempfile
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from jinja2 import TemplateError
-from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers import (AutoModelForCausalLM, AutoTokenizer, DynamicCache, Qwen2Config, Qwen2ForCausalLM,
+                          Qwen2Tokenizer)
 
+import engine
 from tools import CALL_RE, call_tool, parse_tool_calls
 
 
@@ -256,184 +263,55 @@ def encode(tokenizer, messages: list[dict], tools: list[dict] | None) -> tuple[l
 
 # ------------------------------------------------------------------- the forward passes of a turn
 
-# Why a lean forward: rollouts should run well ahead of generate() (bench.py), and on a
-# small model much of a decode step is framework overhead, not FLOPs: transformers' Qwen2
-# forward builds masks, recomputes the rotary table, updates Cache objects and dispatches the
-# attention interface at every token (tiny default, batch 1, one CPU thread: ~3.5 ms per
-# decode step through transformers, ~2.2 ms through _lean_forward). _lean_forward runs the
-# model's own modules and weights with none of that: one additive mask per decode step, a
-# rotary table computed once per turn, KV buffers written in place. It serves Qwen2 models
-# where it is exact (_lean_ok); any other causal LM goes through its own forward. At batch 64
-# the matmuls and the reads of the KV cache take most of a step, so the gain there is smaller.
+class Decoder(Protocol):
+    """The forward passes of one turn, with a KV cache. Why a cache: each new token attends to
+    every token before it; keeping their keys and values makes a decode step the forward of
+    one token per row, not of the whole sequence again.
 
-@dataclass
-class _TurnCache:
-    """What the forward passes of one turn keep, in buffers sized for the whole turn (prompt +
-    token budget), so nothing grows by torch.cat (a cat copies the whole cache at every token).
-    `valid` [B, capacity] marks the positions that hold real tokens (False on left padding);
-    the first `length` positions are filled. The lean Qwen2 forward keeps per-layer `keys` and
-    `values` [B, kv_heads, capacity, head_dim] and the rotary `cos`/`sin` [capacity, head_dim]
-    of every position the turn can reach; any other model keeps a transformers Cache (`hf`)."""
-    valid: torch.Tensor
-    length: int = 0
-    keys: list[torch.Tensor] = field(default_factory=list)
-    values: list[torch.Tensor] = field(default_factory=list)
-    cos: torch.Tensor | None = None
-    sin: torch.Tensor | None = None
-    hf: Cache | None = None
+    _PlainDecoder below runs the model's own transformers forward; engine.LeanDecoder computes
+    the same logits faster for the models where it is exact (Qwen2: engine.lean_ok)."""
+
+    def prefill(self, ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The float32 logits [B, vocab] after the last of the left-padded `ids` [B, T] (at
+        `positions` [B, T]; `valid` [B, T] False on padding), whose keys and values it keeps."""
+
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The float32 logits [B, vocab] after one more token per row (`tokens`, `positions` [B, 1])."""
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep (or repeat) the batch rows `rows` [B'] of the cache, in that order."""
 
 
-class _BufferLayer(DynamicLayer):
-    """For models without a lean forward: a DynamicLayer that writes keys/values into a buffer
-    sized for the whole turn instead of growing by torch.cat. `keys`/`values` are views of the
-    filled part, so attention and masks see exactly what a DynamicLayer would show them."""
+class _PlainDecoder:
+    """Decoder for any causal LM: its own forward, with the cache generate() uses (DynamicCache)."""
 
-    def __init__(self, capacity: int):
-        super().__init__()
-        self.capacity = capacity
-        self.length = 0
+    def __init__(self, model):
+        self.model, self.cache = model, DynamicCache(config=model.config)
+        self.attention = torch.zeros(0, 0, dtype=torch.bool)  # [B, L]: True on real tokens, L = tokens so far
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.device = key_states.device
-            self.buffers = [s.new_empty(*s.shape[:2], self.capacity, s.shape[3]) for s in (key_states, value_states)]
-            self.is_initialized = True
-        end = self.length + key_states.shape[-2]
-        self.buffers[0][:, :, self.length:end] = key_states
-        self.buffers[1][:, :, self.length:end] = value_states
-        self.length = end
-        return self._views()
+    def prefill(self, ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        self.attention = valid
+        return self._logits(ids, positions)
 
-    def _views(self):
-        self.keys, self.values = (b[:, :, :self.length] for b in self.buffers)
-        return self.keys, self.values
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        self.attention = torch.cat([self.attention, torch.ones_like(tokens, dtype=torch.bool)], dim=1)
+        return self._logits(tokens, positions)
 
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self.buffers = [b[indices] for b in self.buffers]
-        self._views()
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        self.cache.batch_select_indices(rows)
+        self.attention = self.attention[rows]
+
+    def _logits(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=ids, attention_mask=self.attention, position_ids=positions, cache=self.cache,
+                          logits_to_keep=1).logits[:, -1].float()
 
 
-def _lean_ok(model) -> bool:
-    """Whether _lean_forward computes exactly what `model`'s own forward does: a Qwen2 causal
-    LM with full attention in every layer (no sliding window), a rotary embedding that does
-    not depend on the sequence length (dynamic and longrope RoPE recompute their frequencies
-    at every call) and no attention dropout in effect."""
-    if not isinstance(model, Qwen2ForCausalLM) or model.config.model_type != "qwen2":
-        return False
-    config, rope_type = model.config, model.model.rotary_emb.rope_type
-    return ("sliding_attention" not in config.layer_types and "dynamic" not in rope_type
-            and rope_type != "longrope" and not (model.training and config.attention_dropout > 0))
-
-
-def _new_cache(model, batch: int, capacity: int) -> _TurnCache:
-    """An empty cache for `batch` rows of up to `capacity` positions. For the lean forward it
-    holds the rotary table of positions 0..capacity-1, from the model's own rotary module (so
-    rope scaling and theta are honoured); the KV buffers are made by the first forward."""
-    device = model.device
-    cache = _TurnCache(valid=torch.zeros(batch, capacity, dtype=torch.bool, device=device))
-    if _lean_ok(model):
-        # The embedding weight only gives the dtype and device, as hidden states do in transformers.
-        cos, sin = model.model.rotary_emb(model.model.embed_tokens.weight, torch.arange(capacity, device=device)[None])
-        cache.cos, cache.sin = cos[0], sin[0]
-    else:
-        cache.hf = Cache(layers=[_BufferLayer(capacity) for _ in range(model.config.num_hidden_layers)])
-    return cache
-
-
-def _select_rows(cache: _TurnCache, rows: torch.Tensor) -> None:
-    """Keep (or repeat) the batch rows `rows` [B'] of the cache, in that order."""
-    cache.valid = cache.valid[rows]
-    cache.keys = [k[rows] for k in cache.keys]
-    cache.values = [v[rows] for v in cache.values]
-    if cache.hf is not None:
-        cache.hf.batch_select_indices(rows)
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE on x [B, heads, T, head_dim] with cos/sin [B, 1, T, head_dim] (transformers' layout:
-    the two halves of head_dim are the two coordinates of each rotated pair)."""
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
-
-
-def _norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The model's RMSNorm module `norm` applied to x as one fused op (its eps and weight)."""
-    return torch.nn.functional.rms_norm(x, (x.shape[-1],), norm.weight, norm.variance_epsilon)
-
-
-def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
-            scale: float) -> torch.Tensor:
-    """Attention of queries q [B, heads, T, head_dim] over keys and values [B, kv_heads, L, head_dim]
-    (grouped-query: query head h reads KV head h // (heads / kv_heads)). For a prefill (T > 1)
-    `mask` is boolean [B, 1, T, L], True where a query sees a key; for a decode step it is the
-    additive bias [B * kv_heads, 1, L] of _decode_bias. Returns [B, heads, T, head_dim]."""
-    if q.shape[2] > 1:  # a prefill: SDPA's fused kernels
-        return torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale,
-                                                                enable_gqa=q.shape[1] > keys.shape[1])
-    # A decode step: two batched matmuls, the query heads that share a KV head stacked as rows,
-    # scale and mask folded into the first. On CPU this takes ~40% less time than SDPA's flash
-    # kernel, which is slow for a single query, and ~25% less than masked_fill and a scale.
-    batch, heads, _, dim = q.shape
-    scores = torch.baddbmm(mask, q.reshape(-1, heads // keys.shape[1], dim), keys.flatten(0, 1).transpose(1, 2),
-                           alpha=scale)
-    return (scores.softmax(-1) @ values.flatten(0, 1)).view(batch, heads, 1, dim)
-
-
-def _decode_bias(seen: torch.Tensor, kv_heads: int, dtype: torch.dtype) -> torch.Tensor:
-    """The additive attention mask of a decode step, once for all layers: 0 where `seen`
-    [B, L] is True, -inf elsewhere, one row per (batch row, KV head): [B * kv_heads, 1, L]."""
-    bias = torch.zeros(seen.shape, dtype=dtype, device=seen.device).masked_fill_(~seen, float("-inf"))
-    return bias.repeat_interleave(kv_heads, dim=0)[:, None]
-
-
-def _lean_forward(model, cache: _TurnCache, ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor,
-                  start: int) -> torch.Tensor:
-    """The logits [B, vocab] after the last of `ids` [B, T] (positions [B, T], `valid` [B, T]
-    False on left padding) for a Qwen2 model; their keys and values go to positions
-    start..start+T-1 of `cache`, whose `valid` already covers them. The same computation as
-    transformers' forward, with the model's own modules and weights."""
-    batch, width = ids.shape
-    end = start + width
-    seen = cache.valid[:, :end]
-    cos, sin = cache.cos[positions][:, None], cache.sin[positions][:, None]
-    hidden = model.model.embed_tokens(ids)
-    if width == 1:  # a decode step: the new token sees every real token so far. The queries
-        # come out of the rotation in the rotary table's dtype, so the bias takes that one.
-        mask = _decode_bias(seen, model.config.num_key_value_heads, cache.cos.dtype)
-    else:  # query i sees real keys up to start + i; padding queries see all earlier keys, so no
-        # row of the mask is empty (an empty row gives NaN, which the padding's keys would carry on)
-        causal = torch.ones(width, end, dtype=torch.bool, device=ids.device).tril(start)
-        mask = (causal & (seen[:, None, :] | ~valid[:, :, None]))[:, None]
-    for i, layer in enumerate(model.model.layers):
-        attn = layer.self_attn
-        x = _norm(layer.input_layernorm, hidden)
-        q, k, v = (proj(x).view(batch, width, -1, attn.head_dim).transpose(1, 2)
-                   for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-        if start == 0:  # the buffers take the dtype the projections give (float32 or autocast's)
-            cache.keys.append(k.new_empty(batch, k.shape[1], cache.valid.shape[1], attn.head_dim))
-            cache.values.append(v.new_empty(batch, v.shape[1], cache.valid.shape[1], attn.head_dim))
-        cache.keys[i][:, :, start:end] = k
-        cache.values[i][:, :, start:end] = v
-        out = _attend(q, cache.keys[i][:, :, :end], cache.values[i][:, :, :end], mask, attn.scaling)
-        hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(batch, width, -1))
-        hidden = hidden + layer.mlp(_norm(layer.post_attention_layernorm, hidden))
-    return model.lm_head(_norm(model.model.norm, hidden[:, -1]))
-
-
-def _forward(model, cache: _TurnCache, ids: torch.Tensor, positions: torch.Tensor,
-             valid: torch.Tensor) -> torch.Tensor:
-    """The float32 logits [B, vocab] after the last of `ids` [B, T] (at `positions` [B, T];
-    `valid` [B, T] False on left padding), given the tokens already in `cache`, which then
-    holds these too. The lean forward for Qwen2, the model's own forward otherwise."""
-    start = cache.length
-    cache.length += ids.shape[1]
-    cache.valid[:, start:cache.length] = valid
-    with _autocast(model):
-        if cache.hf is None:
-            return _lean_forward(model, cache, ids, positions, valid, start).float()
-        return model(input_ids=ids, attention_mask=cache.valid[:, :cache.length], position_ids=positions,
-                     cache=cache.hf, logits_to_keep=1).logits[:, -1].float()
+def _decoder(model, capacity: int) -> Decoder:
+    """The decoder of a turn whose rows reach at most `capacity` positions: engine.py's lean
+    one where it computes exactly what the model's own forward does, the plain one otherwise."""
+    if engine.lean_ok(model):
+        return engine.LeanDecoder(model, capacity)
+    return _PlainDecoder(model)
 
 
 # ------------------------------------------------------------------- sampling one turn
@@ -496,10 +374,11 @@ def _sample_turn(model, rows: list[list[int]], n: int, budgets: list[int], ends:
     budget = torch.tensor(budgets, device=device).repeat_interleave(n)
     steps = max(budgets)
 
-    cache = _new_cache(model, len(rows), width + steps)
-    logits = _forward(model, cache, ids, positions, attention)
+    decoder = _decoder(model, width + steps)
+    with _autocast(model):
+        logits = decoder.prefill(ids, positions, attention)
     repeat = torch.arange(len(rows), device=device).repeat_interleave(n)
-    _select_rows(cache, repeat)
+    decoder.keep_rows(repeat)
     logits, position = logits[repeat], positions[repeat, -1:]
 
     total = len(rows) * n
@@ -525,12 +404,13 @@ def _sample_turn(model, rows: list[list[int]], n: int, budgets: list[int], ends:
         n_stopped = int(stopped.sum())
         if n_stopped == len(live):
             break
-        if 4 * n_stopped >= len(live):  # drop stopped rows once they are a quarter of the batch
+        if 4 * n_stopped >= len(live):  # finished rows would still cost a forward each step
             keep = (~stopped).nonzero().squeeze(1)
-            _select_rows(cache, keep)
+            decoder.keep_rows(keep)
             live, token, stopped, position = live[keep], token[keep], stopped[keep], position[keep]
         position = position + 1
-        logits = _forward(model, cache, token[:, None], position, torch.ones_like(position, dtype=torch.bool))
+        with _autocast(model):
+            logits = decoder.step(token[:, None], position)
 
     tokens, logps, lengths, ended = tokens.tolist(), logps.tolist(), lengths.tolist(), ended.tolist()
     return [(tokens[i][:lengths[i]], logps[i][:lengths[i]], ended[i]) for i in range(total)]

@@ -15,6 +15,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import engine  # noqa: E402
 import model  # noqa: E402
 import tools  # noqa: E402
 
@@ -341,7 +342,7 @@ def test_rollouts_out_of_tokens_are_unfinished(trained):
 def test_rollout_logprobs_equal_a_fresh_logprobs_pass(trained, lean, monkeypatch):
     policy, tok = trained
     if not lean:  # the transformers forward that any other causal LM takes
-        monkeypatch.setattr(model, "_lean_ok", lambda m: False)
+        monkeypatch.setattr(engine, "lean_ok", lambda m: False)
     # Sampling at temperature 1.5 and top-p makes some samples stray from the learnt turns:
     # varied lengths, left padding, tool responses, several turns, re-prefilled caches.
     # The sampler's log-probs are those of softmax(logits / 1.5), before top-k and top-p.
@@ -412,14 +413,14 @@ def test_lean_and_transformers_forward_sample_the_same(trained, monkeypatch):
     policy, tok = trained
     prompts = [CONV_ADD[:2], CONV_BAD[:2]]
     lean = model.rollout(policy, tok, prompts, ADD, n=2, max_tokens=40, temperature=1.5, seed=3)
-    monkeypatch.setattr(model, "_lean_ok", lambda m: False)
+    monkeypatch.setattr(engine, "lean_ok", lambda m: False)
     full = model.rollout(policy, tok, prompts, ADD, n=2, max_tokens=40, temperature=1.5, seed=3)
     assert [r.ids for r in lean] == [r.ids for r in full]
     for a, b in zip(lean, full):
         assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-4
 
 
-# ------------------------------------------------------------------------ the lean forward
+# ------------------------------------------------------------------------ the decoders
 
 def tiny_qwen2(**overrides) -> Qwen2ForCausalLM:
     """A random 2-layer Qwen2 with grouped-query attention (4 query heads, 2 KV heads)."""
@@ -429,10 +430,14 @@ def tiny_qwen2(**overrides) -> Qwen2ForCausalLM:
     return Qwen2ForCausalLM(Qwen2Config(**(config | overrides))).eval()
 
 
+@pytest.mark.parametrize("lean", [True, False])
 @pytest.mark.parametrize("rope", [None, {"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0}])
-def test_lean_forward_logits_equal_a_full_transformers_forward(rope):
+def test_lean_forward_logits_equal_a_full_transformers_forward(rope, lean, monkeypatch):
+    # The plain decoder (the model's own forward with its cache) is held to the same standard.
     policy = tiny_qwen2(**({"rope_parameters": rope} if rope else {}))
-    assert model._lean_ok(policy)
+    assert engine.lean_ok(policy)
+    if not lean:
+        monkeypatch.setattr(engine, "lean_ok", lambda m: False)
     lengths, steps = [9, 4, 6], 5
     width = max(lengths)
     ids = torch.randint(0, 97, (len(lengths), width))
@@ -444,31 +449,43 @@ def test_lean_forward_logits_equal_a_full_transformers_forward(rope):
         return policy(input_ids=ids, attention_mask=valid.long(), position_ids=positions).logits[:, -1]
 
     with torch.inference_mode():
-        cache = model._new_cache(policy, len(lengths), width + steps)
-        logits = model._forward(policy, cache, ids, positions, valid)
-        assert cache.hf is None  # the lean forward, not transformers'
+        decoder = model._decoder(policy, width + steps)
+        assert isinstance(decoder, engine.LeanDecoder if lean else model._PlainDecoder)
+        logits = decoder.prefill(ids, positions, valid)
         assert torch.allclose(logits, full_forward(ids, valid), atol=1e-5)
         for step in range(steps):
             if step == 2:  # rows leave the batch as their samples stop
                 keep = torch.tensor([0, 2])
-                model._select_rows(cache, keep)
+                decoder.keep_rows(keep)
                 ids, valid, positions = ids[keep], valid[keep], positions[keep]
             token = torch.randint(0, 97, (len(ids), 1))
             ids, valid = torch.cat([ids, token], 1), torch.cat([valid, torch.ones_like(token, dtype=torch.bool)], 1)
             positions = positions[:, -1:] + 1
-            logits = model._forward(policy, cache, token, positions, torch.ones_like(token, dtype=torch.bool))
+            logits = decoder.step(token, positions)
             assert torch.allclose(logits, full_forward(ids, valid), atol=1e-5)
 
 
 def test_lean_forward_only_where_it_is_exact():
-    assert model._lean_ok(tiny_qwen2())
-    assert not model._lean_ok(tiny_qwen2(use_sliding_window=True, sliding_window=4, max_window_layers=0))
-    assert not model._lean_ok(tiny_qwen2(rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 500.0}))
+    assert engine.lean_ok(tiny_qwen2())
+    assert not engine.lean_ok(tiny_qwen2(use_sliding_window=True, sliding_window=4, max_window_layers=0))
+    assert not engine.lean_ok(tiny_qwen2(rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 500.0}))
     llama = LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                          num_key_value_heads=2, intermediate_size=96))
-    assert not model._lean_ok(llama)
-    assert model._new_cache(llama, 2, 8).hf is not None  # its own forward, with a transformers Cache
+    assert not engine.lean_ok(llama)
+    assert isinstance(model._decoder(llama, 8), model._PlainDecoder)  # its own forward, with a transformers cache
+    assert isinstance(model._decoder(tiny_qwen2(), 8), engine.LeanDecoder)
 
+
+
+def test_the_engine_self_check_passes_and_fails_when_the_lean_forward_is_wrong(tmp_path, monkeypatch, capsys):
+    path = qwen_like(str(tmp_path), open(TEMPLATE).read())
+    engine.main(["--model", path])
+    out = capsys.readouterr().out
+    assert "FAIL" not in out and out.count("ok  ") == 3 and out.count("tokens/s") == 2
+    monkeypatch.setattr(engine, "_rotate", lambda x, cos, sin: x)  # RoPE forgotten
+    with pytest.raises(SystemExit) as e:
+        engine.main(["--model", path])
+    assert e.value.code == 1 and "FAIL same greedy tokens" in capsys.readouterr().out
 
 # ------------------------------------------------------------------ logprobs and collate
 
