@@ -14,17 +14,17 @@ and weights with none of that: one additive mask per decode step, a rotary table
 once per turn, KV buffers written in place. At batch 64 the matmuls and the reads of the KV
 cache take most of a step, so the gain there is smaller.
 
-`python engine.py [--model PATH]` checks LeanDecoder against the model's own forward: the
-same greedy tokens, the same sampled tokens for one seed, log-probs within a tolerance, and
-the tokens/s of each. model.py imports this file, so this file imports nothing of model.py:
-the check carries its own small reference decoder and sampling loop.
+`python engine.py [--model PATH]` checks LeanDecoder against transformers' own generate()
+(the model's forward with its KV cache, what rollouts would otherwise run): the same greedy
+tokens, log-probs within a tolerance, and the tokens/s of each. model.py imports this file,
+so this file imports nothing of model.py.
 """
 import argparse
 import sys
 import time
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, Qwen2ForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2ForCausalLM
 
 
 def lean_ok(model) -> bool:
@@ -150,61 +150,54 @@ class LeanDecoder:
 
 # ------------------------------------------------------------------ the self-check
 
-class _Reference:
-    """The model's own transformers forward with the cache generate() uses: what LeanDecoder
-    must match (model.py's plain decoder does the same)."""
-
-    def __init__(self, model):
-        self.model, self.cache = model, DynamicCache(config=model.config)
-        self.attention = torch.zeros(0, 0, dtype=torch.bool)  # [B, L]: True on real tokens, L = tokens so far
-
-    def prefill(self, ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        self.attention = valid
-        return self._logits(ids, positions)
-
-    def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        self.attention = torch.cat([self.attention, torch.ones_like(tokens, dtype=torch.bool)], dim=1)
-        return self._logits(tokens, positions)
-
-    def keep_rows(self, rows: torch.Tensor) -> None:
-        self.cache.batch_select_indices(rows)
-        self.attention = self.attention[rows]
-
-    def _logits(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=ids, attention_mask=self.attention, position_ids=positions, cache=self.cache,
-                          logits_to_keep=1).logits[:, -1].float()
-
-
 @torch.inference_mode()
-def _decode(decoder, prompts: list[list[int]], n: int, steps: int,
-            seed: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """`steps` tokens after each prompt, `n` samples each (the argmax when `seed` is None,
-    else a draw from softmax(logits) with that seed), as rollouts decode: one left-padded
-    prefill, its rows repeated n times, and half the rows dropped halfway. Returns the
-    tokens and their log-probs, [rows left, steps] each."""
+def _lean_greedy(model, prompts: list[list[int]], n: int, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`steps` greedy tokens after each prompt through LeanDecoder, as rollouts decode: one
+    left-padded prefill, its rows repeated `n` times, and every other row dropped halfway
+    (rows leave the batch as their samples stop). Returns the numbers of the rows kept to the
+    end [rows] (row r samples prompt r // n), their tokens and log-probs [rows, steps], and
+    how many tokens were decoded."""
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
     valid = torch.tensor([[i >= width - len(p) for i in range(width)] for p in prompts])
     positions = (valid.cumsum(-1) - 1).clamp(min=0)
-    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    decoder = LeanDecoder(model, width + steps)
     logits = decoder.prefill(ids, positions, valid)
     repeat = torch.arange(len(prompts)).repeat_interleave(n)
     decoder.keep_rows(repeat)
-    logits, position = logits[repeat], positions[repeat, -1:]
+    logits, position, rows = logits[repeat], positions[repeat, -1:], torch.arange(len(repeat))
     tokens, logps = [], []
     for t in range(steps):
-        if t == steps // 2:  # rows leave the batch as their samples stop
-            keep = torch.arange(0, len(position), 2)
+        if t == steps // 2:
+            keep = torch.arange(0, len(rows), 2)
             decoder.keep_rows(keep)
-            logits, position = logits[keep], position[keep]
+            logits, position, rows = logits[keep], position[keep], rows[keep]
             tokens, logps = [x[keep] for x in tokens], [x[keep] for x in logps]
-        logp = logits.log_softmax(-1)  # the check's own draw; rollouts draw with model._pick
-        token = logp.argmax(-1) if seed is None else torch.multinomial(logp.exp(), 1, generator=generator)[:, 0]
-        tokens.append(token)
-        logps.append(logp.gather(1, token[:, None])[:, 0])
+        logp = logits.log_softmax(-1)
+        tokens.append(logp.argmax(-1))
+        logps.append(logp.gather(1, tokens[-1][:, None])[:, 0])
         position = position + 1
-        logits = decoder.step(token[:, None], position)
-    return torch.stack(tokens, 1), torch.stack(logps, 1)
+        logits = decoder.step(tokens[-1][:, None], position)
+    decoded = len(repeat) * (steps // 2) + len(rows) * (steps - steps // 2)
+    return rows, torch.stack(tokens, 1), torch.stack(logps, 1), decoded
+
+
+@torch.inference_mode()
+def _generate_greedy(model, tokenizer, prompts: list[list[int]], n: int, steps: int):
+    """The same through transformers' own generate() (the model's forward with its cache),
+    every row to the end: tokens and log-probs [rows, steps or fewer], a mask of the tokens
+    up to each row's first end token (generate pads after it) and how many were decoded."""
+    width = max(len(p) for p in prompts)
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts]).repeat_interleave(n, 0)
+    attention = torch.tensor([[i >= width - len(p) for i in range(width)] for p in prompts]).repeat_interleave(n, 0)
+    out = model.generate(input_ids=ids, attention_mask=attention.long(), do_sample=False, max_new_tokens=steps,
+                         min_new_tokens=0, output_logits=True, return_dict_in_generate=True, pad_token_id=pad)
+    tokens = out.sequences[:, width:]
+    logps = torch.stack(out.logits, 1).float().log_softmax(-1)[:, :tokens.shape[1]].gather(2, tokens[..., None])[..., 0]
+    ends = torch.isin(tokens, torch.tensor(model.generation_config.eos_token_id or [])).long()
+    kept = ends.cumsum(1) - ends == 0  # up to and including the first end token
+    return tokens, logps, kept, tokens.numel()
 
 
 PROMPTS = ["What is 2 plus 3?", "A box holds 113 pens. How many pens are in 18 boxes?",
@@ -214,7 +207,7 @@ TOLERANCE = 1e-4  # the largest log-prob gap allowed: float32 sums in another or
 
 def main(argv: list[str] | None = None) -> None:
     """The self-check (sys.argv when `argv` is None); exits with 1 when the two forwards disagree."""
-    ap = argparse.ArgumentParser(description="Check the lean forward against the model's own forward.")
+    ap = argparse.ArgumentParser(description="Check the lean forward against transformers' generate().")
     ap.add_argument("--model", default="runs/tiny/checkpoint",
                     help="HF model name or folder (default: the tiny default, built by python sft.py or rl.py)")
     args = ap.parse_args(argv)
@@ -229,23 +222,23 @@ def main(argv: list[str] | None = None) -> None:
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
                                              tokenize=True, return_dict=True)["input_ids"] for q in PROMPTS]
     n, steps = 16, 128
-    capacity = max(len(p) for p in prompts) + steps
-    print(f"engine check: {args.model}, {len(prompts)} prompts x {n} samples, {steps} tokens each, "
+    print(f"engine check: {args.model}, {len(prompts)} prompts x {n} rows, {steps} greedy tokens each, "
           f"cpu, {torch.get_num_threads()} thread(s)")
-    greedy, sampled, rates = {}, {}, {}
-    for name, make in [("transformers forward", lambda: _Reference(model)),
-                       ("lean forward", lambda: LeanDecoder(model, capacity))]:
-        greedy[name] = _decode(make(), prompts, n, steps, seed=None)  # also the warm-up
+    rates, results = {}, {}
+    for name, run in [("generate()", lambda: _generate_greedy(model, tokenizer, prompts, n, steps)),
+                      ("lean forward", lambda: _lean_greedy(model, prompts, n, steps))]:
+        run()  # warm-up
         start = time.perf_counter()
-        sampled[name] = _decode(make(), prompts, n, steps, seed=0)
-        rates[name] = sampled[name][0].numel() / (time.perf_counter() - start)
-        print(f"  {name:22s} {rates[name]:8.0f} tokens/s")
-    print(f"  speed-up {rates['lean forward'] / rates['transformers forward']:.2f}x")
-    (greedy_a, greedy_logp_a), (greedy_b, greedy_logp_b) = greedy.values()
-    (sample_a, sample_logp_a), (sample_b, sample_logp_b) = sampled.values()
-    gap = max((greedy_logp_a - greedy_logp_b).abs().max().item(), (sample_logp_a - sample_logp_b).abs().max().item())
-    checks = {"same greedy tokens": torch.equal(greedy_a, greedy_b),
-              "same sampled tokens (seed 0)": torch.equal(sample_a, sample_b),
+        results[name] = run()
+        rates[name] = results[name][-1] / (time.perf_counter() - start)
+        print(f"  {name:14s} {rates[name]:8.0f} tokens/s")
+    print(f"  speed-up {rates['lean forward'] / rates['generate()']:.2f}x")
+    (tokens, logps, kept, _), (rows, lean_tokens, lean_logps, _) = results.values()
+    tokens, logps, kept = tokens[rows], logps[rows], kept[rows]  # the rows the lean decoder kept
+    width = tokens.shape[1]
+    lean_tokens, lean_logps = lean_tokens[:, :width], lean_logps[:, :width]
+    gap = (logps - lean_logps).abs()[kept].max().item()
+    checks = {"same greedy tokens up to each row's end": torch.equal(tokens[kept], lean_tokens[kept]),
               f"log-probs within {TOLERANCE:g} (largest gap {gap:.1e})": gap <= TOLERANCE}
     for what, ok in checks.items():
         print(f"  {'ok  ' if ok else 'FAIL'} {what}")
