@@ -148,17 +148,17 @@ def gate(args: argparse.Namespace) -> dict:
     --gate-problems training problems at rl.py's settings, score them with every reward mode.
     Writes and returns the statistics with the verdict."""
     warm = run_warm("hidden", 0, args)
-    train = files.load_records(teacher.ensure_data(os.path.join("data", "hidden"), "hidden")["train"])
+    settings = rl.parse_args(["--condition", "hidden"])  # rl.py's tiny defaults
+    train = files.load_records(teacher.ensure_data(settings.data, "hidden")["train"])
     records = train[:args.gate_problems]
     policy, tokenizer = student.load(warm, device=args.device)
-    tiny = {key: value for key, (value, _) in rl.PROFILES.items()}
     rollouts = []
     with torch.no_grad():
         for i in range(0, len(records), 50):
             rollouts += student.rollout(policy, tokenizer, [tasks.prompt(r["question"]) for r in records[i:i + 50]],
-                                        tools.schemas(), n=tiny["group"], max_tokens=tiny["max_tokens"],
-                                        temperature=tiny["temperature"], seed=i)
-    stats = gate_stats(records, rollouts, tiny["group"])
+                                        tools.schemas(), n=settings.group, max_tokens=settings.max_tokens,
+                                        temperature=settings.temperature, seed=i)
+    stats = gate_stats(records, rollouts, settings.group)
     stats["passed"] = gate_passes(stats)
     files.write_json(os.path.join(args.out, "gate.json"), stats)
     return stats
