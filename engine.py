@@ -1,18 +1,19 @@
 """The fast decode path of rollouts: a lean forward for Qwen2 models.
 
-model.rollout samples each turn through a decoder (model.Decoder: prefill, step, keep_rows).
+model.rollout samples each turn through a decoder (model.Decoder: extend, step, keep, drop).
 model.py's own decoder runs the model's transformers forward with its KV cache; LeanDecoder
-here computes the same logits with less framework work per token. model.py takes it
-automatically for the models where it is exact (lean_ok), and its own decoder for the rest.
+here computes the same logits with less work per token, and keeps each conversation's keys
+and values from one turn to the next. model.py takes it automatically for the models where
+it is exact (lean_ok), and its own decoder for the rest.
 
-Why a lean forward: rollouts should run well ahead of generate() (bench.py), and on a small
-model much of a decode step is framework overhead, not FLOPs: transformers' Qwen2 forward
-builds masks, recomputes the rotary table, updates Cache objects and dispatches the
-attention interface at every token (tiny default, batch 1, one CPU thread: ~3.5 ms per
-decode step through transformers, ~2.2 ms here). LeanDecoder runs the model's own modules
-and weights with none of that: one additive mask per decode step, a rotary table computed
-once per turn, KV buffers written in place. At batch 64 the matmuls and the reads of the KV
-cache take most of a step, so the gain there is smaller.
+Why a lean forward: on a small model much of a decode step is framework overhead, not FLOPs:
+transformers' Qwen2 forward builds masks, recomputes the rotary table, updates Cache objects
+and dispatches the attention interface at every token. LeanDecoder runs the model's weights
+with none of that: one additive mask per decode step, a rotary table computed once, KV
+buffers written in place, q, k, v in one matmul and the MLP's gate and up in another. Why
+keep the cache across turns: a tool-using conversation comes back after every call with a
+few tokens of tool result, and forwarding the whole conversation again each time reads far
+more tokens than the turns sample (3.5x as many, a GRPO step of the tiny default).
 
 `python engine.py [--model PATH]` checks LeanDecoder against transformers' own generate()
 (the model's forward with its KV cache, what rollouts would otherwise run): the same greedy
@@ -76,76 +77,182 @@ def _decode_bias(seen: torch.Tensor, kv_heads: int, dtype: torch.dtype) -> torch
     return bias.repeat_interleave(kv_heads, dim=0)[:, None]
 
 
+def fill_gaps(gone: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The rows left when the rows where `gone` [B] is True leave a batch, the last ones moved
+    into the gaps: (the old numbers of the rows left, in their new order; the gaps; the rows
+    that move into them)."""
+    left = len(gone) - int(gone.sum())
+    gaps, movers = gone[:left].nonzero().squeeze(1), left + (~gone[left:]).nonzero().squeeze(1)
+    order = torch.arange(left, device=gone.device)
+    order[gaps] = movers
+    return order, gaps, movers
+
+
 class LeanDecoder:
     """model.Decoder for a Qwen2 model where lean_ok holds: the same logits as its transformers
-    forward, from its own modules and weights.
+    forward, from its own weights, keeping each conversation's keys and values across turns.
 
-    Everything a turn needs is sized for the whole turn (`capacity`: prompt + token budget),
-    so nothing grows by torch.cat, which would copy the whole cache at every token: per-layer
-    key and value buffers [B, kv_heads, capacity, head_dim], `valid` [B, capacity] marking the
-    positions that hold real tokens (False on left padding), and the rotary cos/sin
-    [capacity, head_dim] of every position the turn can reach."""
+    The live batch has one row per conversation being decoded (`samples` names them). The keys
+    and values of all layers live in one buffer each, [layers, rows, kv_heads, columns,
+    head_dim]; `valid` [rows, columns] marks the columns that hold a token of the row's
+    conversation (not left padding, nor a token fed after the conversation's turn ended), and
+    `pos` [rows] counts those tokens: the position of the next one. Buffers are sized for the
+    whole turn, so nothing grows by torch.cat, which would copy the whole cache at every token.
+    A conversation that leaves the batch has its keys and values kept ("parked", only its own
+    columns), and the next turn's extend() puts them back and forwards only the new tokens
+    (tool results and the next generation prompt), not the whole conversation again.
 
-    def __init__(self, model: Qwen2ForCausalLM, capacity: int):
-        self.model, self.capacity = model, capacity
-        # From the model's own rotary module, so rope scaling and theta are honoured. The
-        # embedding weight only gives the dtype and device, as hidden states do in transformers.
-        positions = torch.arange(capacity, device=model.device)[None]
-        cos, sin = model.model.rotary_emb(model.model.embed_tokens.weight, positions)
-        self.cos, self.sin = cos[0], sin[0]
-        self.valid = torch.zeros(0, capacity, dtype=torch.bool, device=model.device)
-        self.length = 0  # the positions filled so far
-        self.keys: list[torch.Tensor] = []  # made by the prefill, in the dtype the projections give
-        self.values: list[torch.Tensor] = []
+    The matmuls read a copy of the weights made once per rollout, in the compute dtype (bf16
+    on CUDA, as autocast would cast them at every call; the model's own dtype elsewhere), with
+    q, k and v packed into one matrix and the MLP's gate and up into another: two matmuls
+    where there would be five. Activations follow autocast's rules: the residual stream and
+    the norms stay in the model's dtype, each matmul casts its input to the weights' dtype.
+    Keys and values are stored in the compute dtype."""
 
-    def prefill(self, ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Float32 logits [B, vocab] after the last of the left-padded `ids` [B, T]."""
-        self.valid = torch.zeros(len(ids), self.capacity, dtype=torch.bool, device=ids.device)
-        return self._forward(ids, positions, valid)
+    def __init__(self, model: Qwen2ForCausalLM):
+        self.model, config = model, model.config
+        self.dtype = torch.bfloat16 if model.device.type == "cuda" else model.dtype
+        def weight(*modules):  # several are packed into one matrix; one alone is not copied unless cast
+            return (torch.cat([m.weight for m in modules]) if len(modules) > 1 else modules[0].weight).detach().to(
+                self.dtype)
 
-    def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Float32 logits [B, vocab] after one more token per row (`tokens`, `positions` [B, 1])."""
-        return self._forward(tokens, positions, torch.ones_like(tokens, dtype=torch.bool))
+        self.layers = []
+        for layer in model.model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            self.layers.append(dict(
+                qkv=weight(attn.q_proj, attn.k_proj, attn.v_proj), o=weight(attn.o_proj),
+                qkv_bias=torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]).detach().to(self.dtype),
+                gate_up=weight(mlp.gate_proj, mlp.up_proj), down=weight(mlp.down_proj), act=mlp.act_fn,
+                norms=(layer.input_layernorm, layer.post_attention_layernorm), scaling=attn.scaling))
+        self.lm_head = weight(model.lm_head)
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = model.model.layers[0].self_attn.head_dim
+        self.cos = self.sin = torch.zeros(0, self.head_dim, device=model.device)
+        self.samples: list[int] = []
+        self.parked: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # sample -> its keys, values
+        self.keys = self.values = torch.zeros(len(self.layers), 0, self.kv_heads, 0, self.head_dim)
+        self.valid = torch.zeros(0, 0, dtype=torch.bool, device=model.device)
+        self.pos = torch.zeros(0, dtype=torch.long, device=model.device)
+        self.length = 0  # the columns filled so far
 
-    def keep_rows(self, rows: torch.Tensor) -> None:
-        """Keep (or repeat) the batch rows `rows` [B'], in that order."""
-        self.valid = self.valid[rows]
-        self.keys = [k[rows] for k in self.keys]
-        self.values = [v[rows] for v in self.values]
+    def extend(self, samples: list[int], ids: list[list[int]], room: int) -> torch.Tensor:
+        """Make the live batch the conversations `samples`, of token ids `ids`: each continues
+        from the keys and values kept for it (none for a new one), and only its tokens beyond
+        those are forwarded, left-padded. `room`: the most tokens any will decode after.
+        Returns the float32 logits [B, vocab] after each conversation's last token."""
+        self._park(range(len(self.samples)))
+        kept = [self.parked.get(s) for s in samples]
+        self.parked = {}  # a conversation that does not go on now never will
+        counts = [0 if k is None else k[0].shape[2] for k in kept]
+        new = [row[count:] for row, count in zip(ids, counts)]
+        cached, width = max(counts), max(len(row) for row in new)
+        self._rotary(max(map(len, ids)) + room)
+        device = self.valid.device
+        self.keys = self.values = None  # free the old buffers before making the new ones
+        shape = (len(self.layers), len(samples), self.kv_heads, cached + width + room, self.head_dim)
+        self.keys = torch.empty(shape, dtype=self.dtype, device=device)
+        self.values = torch.empty_like(self.keys)
+        self.valid = torch.zeros(len(samples), shape[3], dtype=torch.bool, device=device)
+        # Right-aligned, so the holes are on the left, like padding. Holes hold zeros: a masked key
+        # gets weight 0, but 0 times the NaN that uninitialised memory may hold is NaN.
+        self.keys[:, :, :, :cached], self.values[:, :, :, :cached] = 0, 0
+        for r, k in enumerate(kept):
+            if k is not None:
+                self.keys[:, r, :, cached - counts[r]:cached], self.values[:, r, :, cached - counts[r]:cached] = k
+                self.valid[r, cached - counts[r]:cached] = True
+        self.samples, self.length = list(samples), cached
+        self.pos = torch.tensor(counts, device=device)
+        tokens = torch.zeros(len(new), width, dtype=torch.long)
+        valid = torch.zeros(len(new), width, dtype=torch.bool)
+        for r, row in enumerate(new):
+            tokens[r, width - len(row):] = torch.tensor(row, dtype=torch.long)
+            valid[r, width - len(row):] = True
+        return self._forward(tokens.to(device), valid.to(device))
 
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """The float32 logits [B, vocab] after the last of `ids` [B, T] (at `positions` [B, T],
-        `valid` [B, T] False on left padding); their keys and values go to the next T positions
-        of the buffers. The same computation as transformers' forward."""
-        model, (batch, width) = self.model, ids.shape
+    def step(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The float32 logits [B, vocab] after one more token per row (`tokens` [B]); where
+        `valid` [B] is False the row's turn has ended and its token is not part of it."""
+        return self._forward(tokens[:, None], valid[:, None])
+
+    def keep(self, rows: torch.Tensor, samples: list[int]) -> None:
+        """Make batch rows `rows` [B'] (repeats allowed) the live batch, in that order, as the
+        conversations `samples`. Only the filled columns are copied."""
+        keys, values = self.keys, self.values
+        self.keys = keys.new_empty(keys.shape[0], len(rows), *keys.shape[2:])
+        self.values = torch.empty_like(self.keys)
+        self.keys[:, :, :, :self.length] = keys[:, rows, :, :self.length]
+        self.values[:, :, :, :self.length] = values[:, rows, :, :self.length]
+        self.samples, self.valid, self.pos = samples, self.valid[rows], self.pos[rows]
+
+    def drop(self, gone: torch.Tensor) -> torch.Tensor:
+        """Take the rows where `gone` [B] is True out of the live batch, parking their
+        conversations. Rows from the end move into the gaps, so only as many rows are copied as
+        leave (the rest stay in place). Returns the old numbers of the rows left, in their new
+        order."""
+        self._park(gone.nonzero().squeeze(1).tolist())
+        order, gaps, movers = fill_gaps(gone)
+        left = len(order)
+        for buffer in (self.keys, self.values):
+            buffer[:, gaps, :, :self.length] = buffer[:, movers, :, :self.length]
+        self.keys, self.values = self.keys[:, :left], self.values[:, :left]
+        self.samples = [self.samples[r] for r in order.tolist()]
+        self.valid, self.pos = self.valid[order], self.pos[order]
+        return order
+
+    def _park(self, rows) -> None:
+        """Keep the keys and values of the conversations in batch rows `rows`: only the columns
+        that hold their tokens, in order."""
+        for r in rows:
+            columns = self.valid[r, :self.length].nonzero().squeeze(1)
+            self.parked[self.samples[r]] = (self.keys[:, r][:, :, columns], self.values[:, r][:, :, columns])
+
+    def _rotary(self, positions: int) -> None:
+        """The rotary cos/sin [positions, head_dim] of every position below `positions`, from the
+        model's own rotary module, so rope scaling and theta are honoured."""
+        if len(self.cos) < positions:
+            embed = self.model.model.embed_tokens.weight  # gives the dtype and device, as hidden states do
+            cos, sin = self.model.model.rotary_emb(embed, torch.arange(positions, device=embed.device)[None])
+            self.cos, self.sin = cos[0], sin[0]
+
+    def _forward(self, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The float32 logits [B, vocab] after the last of `ids` [B, T] (`valid` [B, T] False on
+        left padding and on tokens after a turn's end); their keys and values go to the next T
+        columns, at the positions that follow each row's tokens. The same computation as
+        transformers' forward."""
+        batch, width = ids.shape
         start, end = self.length, self.length + width
         self.length = end
         self.valid[:, start:end] = valid
+        positions = self.pos[:, None] + (valid.cumsum(-1) - 1).clamp(min=0)
+        self.pos = self.pos + valid.sum(-1)
         seen = self.valid[:, :end]
         cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
-        hidden = model.model.embed_tokens(ids)
-        if width == 1:  # a decode step: the new token sees every real token so far. The queries
-            # come out of the rotation in the rotary table's dtype, so the bias takes that one.
-            mask = _decode_bias(seen, model.config.num_key_value_heads, self.cos.dtype)
-        else:  # query i sees real keys up to start + i; padding queries see all earlier keys, so no
-            # row of the mask is empty (an empty row gives NaN, which the padding's keys would carry on)
+        hidden = self.model.model.embed_tokens(ids)
+        if width == 1:  # a decode step: the new token sees every token of its row so far
+            mask = _decode_bias(seen, self.kv_heads, self.dtype)
+        else:  # query i sees the row's tokens up to start + i; padding queries see all earlier keys, so
+            # no row of the mask is empty (an empty row gives NaN, which the padding's keys would carry on)
             causal = torch.ones(width, end, dtype=torch.bool, device=ids.device).tril(start)
             mask = (causal & (seen[:, None, :] | ~valid[:, :, None]))[:, None]
-        for i, layer in enumerate(model.model.layers):
-            attn = layer.self_attn
-            x = _norm(layer.input_layernorm, hidden)
-            q, k, v = (proj(x).view(batch, width, -1, attn.head_dim).transpose(1, 2)
-                       for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+        sizes = [self.heads * self.head_dim] + [self.kv_heads * self.head_dim] * 2
+        for i, layer in enumerate(self.layers):
+            norm1, norm2 = layer["norms"]
+            qkv = _linear(_norm(norm1, hidden), layer["qkv"], layer["qkv_bias"])
+            q, k, v = (x.view(batch, width, -1, self.head_dim).transpose(1, 2) for x in qkv.split(sizes, dim=-1))
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-            if start == 0:  # the buffers take the dtype the projections give (float32 or autocast's)
-                self.keys.append(k.new_empty(batch, k.shape[1], self.capacity, attn.head_dim))
-                self.values.append(v.new_empty(batch, v.shape[1], self.capacity, attn.head_dim))
-            self.keys[i][:, :, start:end] = k
-            self.values[i][:, :, start:end] = v
-            out = _attend(q, self.keys[i][:, :, :end], self.values[i][:, :, :end], mask, attn.scaling)
-            hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(batch, width, -1))
-            hidden = hidden + layer.mlp(_norm(layer.post_attention_layernorm, hidden))
-        return model.lm_head(_norm(model.model.norm, hidden[:, -1])).float()
+            self.keys[i, :, :, start:end] = k
+            self.values[i, :, :, start:end] = v
+            out = _attend(q.to(self.dtype), self.keys[i, :, :, :end], self.values[i, :, :, :end], mask,
+                          layer["scaling"])
+            hidden = hidden + _linear(out.transpose(1, 2).reshape(batch, width, -1), layer["o"])
+            gate, up = _linear(_norm(norm2, hidden), layer["gate_up"]).chunk(2, dim=-1)
+            hidden = hidden + _linear(layer["act"](gate) * up, layer["down"])
+        return _linear(_norm(self.model.model.norm, hidden[:, -1]), self.lm_head).float()
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ weight.T + bias, x cast to the weight's dtype first (what autocast does to a matmul)."""
+    return torch.nn.functional.linear(x.to(weight.dtype), weight, bias)
 
 
 # ------------------------------------------------------------------ the self-check
@@ -153,32 +260,25 @@ class LeanDecoder:
 @torch.inference_mode()
 def _lean_greedy(model, prompts: list[list[int]], n: int, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`steps` greedy tokens after each prompt through LeanDecoder, as rollouts decode: one
-    left-padded prefill, its rows repeated `n` times, and every other row dropped halfway
-    (rows leave the batch as their samples stop). Returns the numbers of the rows kept to the
-    end [rows] (row r samples prompt r // n), their tokens and log-probs [rows, steps], and
-    how many tokens were decoded."""
-    width = max(len(p) for p in prompts)
-    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
-    valid = torch.tensor([[i >= width - len(p) for i in range(width)] for p in prompts])
-    positions = (valid.cumsum(-1) - 1).clamp(min=0)
-    decoder = LeanDecoder(model, width + steps)
-    logits = decoder.prefill(ids, positions, valid)
-    repeat = torch.arange(len(prompts)).repeat_interleave(n)
-    decoder.keep_rows(repeat)
-    logits, position, rows = logits[repeat], positions[repeat, -1:], torch.arange(len(repeat))
+    left-padded forward of the prompts, its rows repeated `n` times, and every other row
+    dropped halfway (rows leave the batch as their samples stop). Returns the numbers of the
+    rows kept to the end [rows] (row r samples prompt r // n), their tokens and log-probs
+    [rows, steps], and how many tokens were decoded."""
+    decoder, samples = LeanDecoder(model), list(range(len(prompts) * n))
+    logits = decoder.extend(samples[::n], prompts, steps).repeat_interleave(n, 0)
+    decoder.keep(torch.arange(len(prompts)).repeat_interleave(n), samples)
+    rows = torch.arange(len(samples))
     tokens, logps = [], []
     for t in range(steps):
         if t == steps // 2:
-            keep = torch.arange(0, len(rows), 2)
-            decoder.keep_rows(keep)
-            logits, position, rows = logits[keep], position[keep], rows[keep]
-            tokens, logps = [x[keep] for x in tokens], [x[keep] for x in logps]
+            left = decoder.drop(torch.arange(len(rows)) % 2 == 1)
+            logits, rows = logits[left], rows[left]
+            tokens, logps = [x[left] for x in tokens], [x[left] for x in logps]
         logp = logits.log_softmax(-1)
         tokens.append(logp.argmax(-1))
         logps.append(logp.gather(1, tokens[-1][:, None])[:, 0])
-        position = position + 1
-        logits = decoder.step(tokens[-1][:, None], position)
-    decoded = len(repeat) * (steps // 2) + len(rows) * (steps - steps // 2)
+        logits = decoder.step(tokens[-1], torch.ones(len(rows), dtype=torch.bool))
+    decoded = len(samples) * (steps // 2) + len(rows) * (steps - steps // 2)
     return rows, torch.stack(tokens, 1), torch.stack(logps, 1), decoded
 
 

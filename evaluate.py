@@ -45,21 +45,32 @@ def fingerprint(records: list[dict]) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
+BATCH = 128  # problems per rollout call: the tiny student decodes ~20% faster at 128 rows than at 64
+
+
+def rollouts(policy, tokenizer, records: list[dict], k: int = 1, max_turns: int = 5, max_tokens: int = 256,
+             batch_size: int = BATCH, seed: int | None = None) -> list:
+    """Greedy rollouts of `records` (k = 1), or `k` samples of each (seeded, the k of a problem
+    adjacent), `batch_size` problems per rollout call. Returns the model.Rollouts."""
+    authors, out = not student.is_tiny(tokenizer), []
+    for i in range(0, len(records), batch_size):
+        prompts = [tasks.prompt(r["question"], authors) for r in records[i:i + batch_size]]
+        out += student.rollout(policy, tokenizer, prompts, tools.schemas(), n=k, max_turns=max_turns,
+                               max_tokens=max_tokens, greedy=k == 1, seed=None if k == 1 else seed + i)
+    return out
+
+
 def evaluate(policy, tokenizer, records: list[dict], k: int = 1, max_turns: int = 5,
-             max_tokens: int = 256, batch_size: int = 64, keep: int = 3, seed: int = 0) -> dict:
+             max_tokens: int = 256, batch_size: int = BATCH, keep: int = 3, seed: int = 0) -> dict:
     """Greedy rollouts on `records` (and `k` samples each for pass@k when k > 1).
 
     A problem counts as solved when the conversation finished (EOS, no pending call) with the
     right \\boxed{} answer, as the reward counts it. Returns the split's metrics as a dict of
     floats, plus "data" (the problems' fingerprint), "limits" ([max_turns, max_tokens]) and "examples": `keep` whole
     conversations, the student's beside the teacher's."""
-    rollouts, authors = [], not student.is_tiny(tokenizer)
-    for i in range(0, len(records), batch_size):
-        prompts = [tasks.prompt(r["question"], authors) for r in records[i:i + batch_size]]
-        rollouts += student.rollout(policy, tokenizer, prompts, tools.schemas(), max_turns=max_turns,
-                                    max_tokens=max_tokens, greedy=True)
+    greedy = rollouts(policy, tokenizer, records, 1, max_turns, max_tokens, batch_size)
     # The outcome alone (mode "sparse"): correctness needs no teacher reference.
-    scores = [reward.score_rollout(ro, r, mode="sparse") for ro, r in zip(rollouts, records)]
+    scores = [reward.score_rollout(ro, r, mode="sparse") for ro, r in zip(greedy, records)]
     n, n_calls = len(records), sum(s["calls"] for s in scores)
     solved = [s["correct"] and s["finished"] for s in scores]
     metrics = {
@@ -73,7 +84,7 @@ def evaluate(policy, tokenizer, records: list[dict], k: int = 1, max_turns: int 
         "limits": [max_turns, max_tokens],
     }
     # Similarity to the teacher, on the problems that have a teacher reference.
-    taught = [(ro, r["teacher"]["tools"]) for ro, r in zip(rollouts, records) if r["teacher"]]
+    taught = [(ro, r["teacher"]["tools"]) for ro, r in zip(greedy, records) if r["teacher"]]
     if taught:
         names = [([c["name"] for c in ro.calls if c["name"] in tools.TOOLS], t) for ro, t in taught]
         metrics["tool_f1"] = sum(reward.set_f1(set(s), set(t)) for s, t in names) / len(names)
@@ -83,30 +94,25 @@ def evaluate(policy, tokenizer, records: list[dict], k: int = 1, max_turns: int 
     metrics["by_family"] = {f: sum(ok for ok, r in zip(solved, records) if r["family"] == f) /
                                sum(r["family"] == f for r in records) for f in families}
     if k > 1:
-        any_solved = [False] * n
-        for i in range(0, n, batch_size):
-            part = records[i:i + batch_size]
-            sampled = student.rollout(policy, tokenizer, [tasks.prompt(r["question"], authors) for r in part],
-                                      tools.schemas(), n=k, max_turns=max_turns, max_tokens=max_tokens, seed=seed + i)
-            for j, ro in enumerate(sampled):
-                r = part[j // k]
-                s = reward.score_rollout(ro, r, mode="sparse")
-                any_solved[i + j // k] |= s["correct"] and s["finished"]
-        metrics[f"pass@{k}"] = sum(any_solved) / n
+        sampled = rollouts(policy, tokenizer, records, k, max_turns, max_tokens, batch_size, seed)
+        solved_any = [any(s["correct"] and s["finished"] for s in
+                          (reward.score_rollout(ro, r, mode="sparse") for ro in sampled[i * k:(i + 1) * k]))
+                      for i, r in enumerate(records)]
+        metrics[f"pass@{k}"] = sum(solved_any) / n
     metrics["examples"] = [{"question": r["question"], "answer": r["answer"], "solved": ok,
                             "student": ro.messages,
                             "teacher": r["teacher"] and (r["teacher"]["messages"] or r["teacher"]["tools"])}
-                           for ro, r, ok in list(zip(rollouts, records, solved))[:keep]]
+                           for ro, r, ok in list(zip(greedy, records, solved))[:keep]]
     return metrics
 
 
 def evaluate_splits(policy, tokenizer, splits: dict[str, list[dict]], limit: int | None, max_turns: int = 5,
-                    max_tokens: int = 256) -> dict[str, dict]:
+                    max_tokens: int = 256, batch_size: int = BATCH) -> dict[str, dict]:
     """Greedy accuracy and friends on each test split (the first `limit` problems)."""
     policy.eval()
     with torch.no_grad():
-        out = {name: evaluate(policy, tokenizer, recs[:limit], max_turns=max_turns, max_tokens=max_tokens)
-               for name, recs in splits.items()}
+        out = {name: evaluate(policy, tokenizer, recs[:limit], max_turns=max_turns, max_tokens=max_tokens,
+                              batch_size=batch_size) for name, recs in splits.items()}
     policy.train()
     return out
 

@@ -12,27 +12,31 @@ output: bf16 under CUDA autocast, float32 on CPU):
     adamw            AdamW's two float32 moments: 8 P
     reference        the frozen starting policy: bf16 on CUDA (2 P), float32 on CPU (4 P)
     cuda context     (CUDA) the CUDA context and torch's kernels, outside what the allocator counts: 1 GiB
-  rollouts (rows: every prompt x group of a rollout call, or an evaluation's 64 problems):
-    autocast copies  (CUDA) the bf16 copy of every weight that autocast keeps through a forward: 2 P
-    kv cache         rows x positions x L x kv x (4 + a): keys are float32 (rotated by the float32
-                     rotary table), values come out of the projection; positions is T for one turn, and
-                     prompt + 2 max_tokens when a later turn may come (its buffers hold the longest
-                     conversation so far plus the largest budget left)
-    kv copy          one more kv cache: picking rows (a prompt's samples, dropping finished rows, the
-                     rows that go on) builds the new buffers while the old ones still exist
-    prefill          one layer's forward over every row at once, 20 h + 3 a i + (1 + a) T bytes a
-                     token: all rows x T when later turns re-read whole conversations, else the prompts
+  rollouts (rows: every prompt x group of a rollout call; an evaluation decodes as many problems):
+    decoder weights  the decoder's copy of the weights it multiplies by, made once per rollout: on
+                     CUDA every projection and the output layer in bf16, 2 (L (h (q + 2 kv) + q + 2 kv
+                     + q h + 3 h i) + V h); elsewhere only the q, k, v and gate, up projections, which
+                     it packs into two matrices: 4 L (h (q + 2 kv) + q + 2 kv + 2 h i)
+    kv cache         rows x positions x L x kv x 2 a, keys and values in the projections' dtype;
+                     positions is T for one turn, and prompt + 2 max_tokens when a later turn may come
+                     (its buffers hold the longest conversation so far plus the largest budget left)
+    kv copy          one more kv cache: picking rows (a prompt's samples, dropping finished rows) builds
+                     the new buffers while the old ones still exist; the conversations that leave the
+                     batch keep their keys and values for the next turn, at most one more
+    prefill          one layer's forward over an evaluation's prompts at once (later turns forward
+                     only the new tokens), 20 h + 3 a i + (1 + a) prompt bytes a token
     sampling         rows x V x 48 (64 on CUDA): the logits, log-probs, the top-k cut, probabilities,
                      the sorted copy with its int64 order and the float64 CDF of every row
   training (one micro-batch of the longest rollouts, B x T tokens):
-    autocast copies  (CUDA) as above, kept by the backward: 2 P
+    autocast copies  (CUDA) the bf16 copy of every weight, kept by the backward: 2 P
     activations      what the backward keeps per token and layer: float32 residuals and norms (16 h),
                      the norms' outputs (8 h; 10 h of bf16 casts under autocast), queries, keys and
-                     values repeated to every head and the attention output (4 a h), the MLP (4 a i),
-                     the attention mask (a T); for L + 1 layers (the backward's own working set), or
-                     with --grad-ckpt the layers' float32 inputs (4 h each) and two layers
-    logprob chunk    B x LOGPROB_CHUNK x V x 18: about four float32 copies of a chunk's logits at the
-                     peak of its backward (logits, softmax, two gradients), plus the bf16 projection
+                     values repeated to every head and the attention output (4 a h), the MLP (4 a i);
+                     for L + 1 layers (the backward's own working set), or with --grad-ckpt the
+                     layers' float32 inputs (4 h each) and two layers
+    logprob chunk    the logits of the scored tokens (B x max_tokens), at most LOGPROB_CHUNK, x 18
+                     bytes: about four float32 copies at the peak of their backward (logits, softmax,
+                     two gradients), plus the bf16 projection
     vocab gradients  V x h x 12: the output projection's gradient waits in a buffer for the next
                      chunk's or the embedding's, and their sum is a third tensor
   optimizer step:
@@ -55,7 +59,6 @@ import tools
 GiB = 2 ** 30
 CONFIG_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                  "vocab_size", "tie_word_embeddings")  # what the estimate reads: a Qwen2/Llama-style decoder
-EVAL_BATCH = 64  # evaluate.evaluate's batch_size: problems per rollout call of an evaluation
 FITTING_FLAGS = "--grad-ckpt, --micro-batch, --rollout-batch, --max-tokens"
 
 
@@ -85,28 +88,31 @@ def estimate(config: PretrainedConfig, args: argparse.Namespace, prompt_tokens: 
     q, kv = heads * head_dim, config.num_key_value_heads * head_dim
     T = prompt_tokens + args.max_tokens
     later_turns = args.max_turns > 1
-    rows = max(args.rollout_batch * args.group, EVAL_BATCH)
+    rows = args.rollout_batch * args.group  # an evaluation decodes as many problems at once
     positions = prompt_tokens + 2 * args.max_tokens if later_turns else T
-    kv_cache = rows * positions * L * kv * (4 + a)
-    prefill_rows, prefill_len = (rows, T) if later_turns else (max(args.rollout_batch, EVAL_BATCH), prompt_tokens)
-    prefill = prefill_rows * prefill_len * (20 * h + 3 * a * i + (1 + a) * prefill_len)
+    kv_cache = rows * positions * L * kv * 2 * a
+    prefill = rows * prompt_tokens * (20 * h + 3 * a * i + (1 + a) * prompt_tokens)  # an evaluation's prompts
+
+    packed = h * (q + 2 * kv) + q + 2 * kv + 2 * h * i  # per layer: q, k, v (weights, biases), gate, up
+    decoder = 2 * (L * (packed + q * h + h * i) + V * h) if cuda else 4 * L * packed
 
     B = args.micro_batch
-    layer = 16 * h + (10 if cuda else 8) * h + 4 * a * q + 4 * a * i + a * T + 4 * heads + 8
-    rest = 12 * h + T  # the last norm, the final hidden states, the boolean mask
+    layer = 16 * h + (10 if cuda else 8) * h + 4 * a * q + 4 * a * i + 4 * heads + 8
+    rest = 12 * h  # the last norm, the final hidden states
     saved = 4 * h * L + 2 * layer if args.grad_ckpt else (L + 1) * layer
     copies = 2 * P if cuda else 0
     terms = {
         "weights": 4 * P, "gradients": 4 * P, "adamw": 8 * P, "reference": (2 if cuda else 4) * P,
         "cuda context": GiB if cuda else 0,
-        "autocast copies": copies, "kv cache": kv_cache, "kv copy": kv_cache, "prefill": prefill,
+        "autocast copies": copies, "decoder weights": decoder,
+        "kv cache": kv_cache, "kv copy": kv_cache, "prefill": prefill,
         "sampling": rows * V * (64 if cuda else 48),
         "activations": B * T * (saved + rest),
-        "logprob chunk": B * min(student.LOGPROB_CHUNK, T - 1) * V * 18,
+        "logprob chunk": min(student.LOGPROB_CHUNK, B * args.max_tokens * V) * 18,
         "vocab gradients": V * h * 12,
         "adamw step": 4 * P if cuda else 8 * V * h,
     }
-    terms["rollouts"] = copies + kv_cache + max(terms["kv copy"], prefill, terms["sampling"])
+    terms["rollouts"] = decoder + kv_cache + max(terms["kv copy"], prefill, terms["sampling"])
     terms["training"] = copies + terms["activations"] + terms["logprob chunk"] + terms["vocab gradients"]
     lasting = sum(terms[k] for k in ("weights", "gradients", "adamw", "reference", "cuda context"))
     terms["total"] = lasting + max(terms["rollouts"], terms["training"], terms["adamw step"])

@@ -192,6 +192,8 @@ def _autocast(model):
 # ------------------------------------------------------------------- chat layout (SFT)
 
 def _render(tokenizer, messages: list[dict], tools: list[dict] | None, generation_prompt: bool) -> str:
+    if isinstance(tokenizer.chat_template, str) and "tools" not in tokenizer.chat_template:
+        tools = None  # a template that never names them cannot read them; converting them takes most of a render
     try:
         return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
                                              add_generation_prompt=generation_prompt)
@@ -264,53 +266,77 @@ def encode(tokenizer, messages: list[dict], tools: list[dict] | None) -> tuple[l
 # ------------------------------------------------------------------- the forward passes of a turn
 
 class Decoder(Protocol):
-    """The forward passes of one turn, with a KV cache. Why a cache: each new token attends to
-    every token before it; keeping their keys and values makes a decode step the forward of
-    one token per row, not of the whole sequence again.
+    """The forward passes of a rollout's turns, with a KV cache. Why a cache: each new token
+    attends to every token before it; keeping their keys and values makes a decode step the
+    forward of one token per row, not of the whole sequence again.
 
     _PlainDecoder below runs the model's own transformers forward; engine.LeanDecoder computes
-    the same logits faster for the models where it is exact (Qwen2: engine.lean_ok)."""
+    the same logits faster for the models where it is exact (Qwen2: engine.lean_ok), and keeps
+    each conversation's cache from one turn to the next."""
 
-    def prefill(self, ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """The float32 logits [B, vocab] after the last of the left-padded `ids` [B, T] (at
-        `positions` [B, T]; `valid` [B, T] False on padding), whose keys and values it keeps."""
+    def extend(self, samples: list[int], ids: list[list[int]], room: int) -> torch.Tensor:
+        """Make the live batch the conversations `samples` (numbers naming them), of token ids
+        `ids`, and forward what the cache lacks of them; `room`: the most tokens any will decode
+        next. Returns the float32 logits [B, vocab] after each conversation's last token."""
 
-    def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """The float32 logits [B, vocab] after one more token per row (`tokens`, `positions` [B, 1])."""
+    def step(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The float32 logits [B, vocab] after one more token per row (`tokens` [B]); where
+        `valid` [B] is False the row's turn has ended and its token is not part of it."""
 
-    def keep_rows(self, rows: torch.Tensor) -> None:
-        """Keep (or repeat) the batch rows `rows` [B'] of the cache, in that order."""
+    def keep(self, rows: torch.Tensor, samples: list[int]) -> None:
+        """Make batch rows `rows` [B'] (repeats allowed) the live batch, in that order, as the
+        conversations `samples`."""
+
+    def drop(self, gone: torch.Tensor) -> torch.Tensor:
+        """Take the rows where `gone` [B] is True out of the live batch. Returns the old numbers
+        of the rows left, in their new order."""
 
 
 class _PlainDecoder:
-    """Decoder for any causal LM: its own forward, with the cache generate() uses (DynamicCache)."""
+    """Decoder for any causal LM: its own forward, with the cache generate() uses (DynamicCache).
+    It keeps nothing from one turn to the next: extend() forwards whole conversations."""
 
     def __init__(self, model):
-        self.model, self.cache = model, DynamicCache(config=model.config)
-        self.attention = torch.zeros(0, 0, dtype=torch.bool)  # [B, L]: True on real tokens, L = tokens so far
+        self.model = model
+        self.samples: list[int] = []
 
-    def prefill(self, ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        self.attention = valid
-        return self._logits(ids, positions)
+    def extend(self, samples: list[int], ids: list[list[int]], room: int) -> torch.Tensor:
+        width, device = max(map(len, ids)), self.model.device
+        tokens = torch.zeros(len(ids), width, dtype=torch.long)
+        self.attention = torch.zeros(len(ids), width, dtype=torch.bool)  # [B, L]: True on the rows' tokens
+        for i, row in enumerate(ids):  # left-padded, so every row's next token lands in one column
+            tokens[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+            self.attention[i, width - len(row):] = True
+        tokens, self.attention = tokens.to(device), self.attention.to(device)
+        self.cache, self.samples = DynamicCache(config=self.model.config), list(samples)
+        self.pos = self.attention.sum(1)
+        return self._logits(tokens, (self.attention.cumsum(-1) - 1).clamp(min=0))
 
-    def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        self.attention = torch.cat([self.attention, torch.ones_like(tokens, dtype=torch.bool)], dim=1)
-        return self._logits(tokens, positions)
+    def step(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        self.attention = torch.cat([self.attention, valid[:, None]], dim=1)
+        positions = self.pos[:, None]
+        self.pos = self.pos + valid
+        return self._logits(tokens[:, None], positions)
 
-    def keep_rows(self, rows: torch.Tensor) -> None:
+    def keep(self, rows: torch.Tensor, samples: list[int]) -> None:
         self.cache.batch_select_indices(rows)
-        self.attention = self.attention[rows]
+        self.attention, self.pos, self.samples = self.attention[rows], self.pos[rows], samples
+
+    def drop(self, gone: torch.Tensor) -> torch.Tensor:
+        left = engine.fill_gaps(gone)[0]  # the lean decoder's order, so both sample the same
+        self.keep(left, [self.samples[r] for r in left.tolist()])
+        return left
 
     def _logits(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=ids, attention_mask=self.attention, position_ids=positions, cache=self.cache,
                           logits_to_keep=1).logits[:, -1].float()
 
 
-def _decoder(model, capacity: int) -> Decoder:
-    """The decoder of a turn whose rows reach at most `capacity` positions: engine.py's lean
-    one where it computes exactly what the model's own forward does, the plain one otherwise."""
+def _decoder(model) -> Decoder:
+    """The decoder of a rollout: engine.py's lean one where it computes exactly what the
+    model's own forward does, the plain one otherwise."""
     if engine.lean_ok(model):
-        return engine.LeanDecoder(model, capacity)
+        return engine.LeanDecoder(model)
     return _PlainDecoder(model)
 
 
@@ -351,66 +377,50 @@ def end_ids(model, tokenizer) -> list[int]:
 
 @torch.inference_mode()
 @torch.compiler.set_stance("force_eager")  # a compiled model decodes eagerly: shapes change every step
-def _sample_turn(model, rows: list[list[int]], n: int, budgets: list[int], ends: torch.Tensor,
-                 temperature: float, top_k: int, top_p: float, greedy: bool,
+def _sample_turn(model, decoder: Decoder, samples: list[int], rows: list[list[int]], n: int, budgets: list[int],
+                 ends: torch.Tensor, temperature: float, top_k: int, top_p: float, greedy: bool,
                  generator: torch.Generator | None) -> list[tuple[list[int], list[float], bool]]:
-    """Sample one assistant turn after each token sequence of `rows`, `n` times each.
-
-    Each distinct row is prefilled once (left-padded, explicit positions) and its cache
-    repeated n times. A sample stops at an end token (`ends`) or after its budget
-    (`budgets[i]` tokens for row i); stopped samples leave the batch once they are a quarter
-    of it (each removal copies the cache, so it is batched), and cost nothing afterwards.
-    Returns, row by row with the n samples of a row adjacent: (sampled ids, their log-probs
-    under softmax(logits / temperature), whether the turn ended with an end token)."""
-    device = model.device
-    width = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    attention = torch.zeros(len(rows), width, dtype=torch.bool)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r)
-        attention[i, width - len(r):] = True
-    ids, attention = ids.to(device), attention.to(device)
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    budget = torch.tensor(budgets, device=device).repeat_interleave(n)
-    steps = max(budgets)
-
-    decoder = _decoder(model, width + steps)
-    with _autocast(model):
-        logits = decoder.prefill(ids, positions, attention)
-    repeat = torch.arange(len(rows), device=device).repeat_interleave(n)
-    decoder.keep_rows(repeat)
-    logits, position = logits[repeat], positions[repeat, -1:]
-
-    total = len(rows) * n
+    """Sample one assistant turn after each token sequence of `rows`, `n` times each: the
+    conversations `samples`, the n of a row adjacent. The n samples of a row share its
+    forward (extend); sample i stops at an end token (`ends`) or after `budgets[i]` tokens.
+    Stopped samples leave the batch once they are a quarter of it (each removal copies the
+    cache, so it is batched), and cost nothing afterwards.
+    Returns per sample: (sampled ids, their log-probs under softmax(logits / temperature),
+    whether the turn ended with an end token)."""
+    device, total, steps = model.device, len(samples), max(budgets)
+    budget = torch.tensor(budgets, device=device)
     tokens = torch.zeros(total, steps, dtype=torch.long, device=device)
     logps = torch.zeros(total, steps, device=device)
     lengths = torch.zeros(total, dtype=torch.long, device=device)
     ended = torch.zeros(total, dtype=torch.bool, device=device)
     live = torch.arange(total, device=device)  # the sample each batch row belongs to
-    stopped = torch.zeros(total, dtype=torch.bool, device=device)  # batch rows whose sample is complete
-    for t in range(steps):
-        logp = (logits if greedy else logits / temperature).log_softmax(-1)
-        token = _pick(logp, top_k, top_p, greedy, generator)
-        # The log-prob under softmax(logits / temperature), before top-k and top-p cut it: what
-        # logprobs(temperature=) gives, as the authors' trainer computes it.
-        # Stopped rows write past their length too; those entries are cut off below.
-        tokens[live, t] = token
-        logps[live, t] = logp.gather(1, token[:, None]).squeeze(1)
-        is_eos = torch.isin(token, ends)
-        stop = ~stopped & (is_eos | (budget[live] <= t + 1))
-        lengths[live[stop]] = t + 1
-        ended[live[stop]] = is_eos[stop]
-        stopped |= stop
-        n_stopped = int(stopped.sum())
-        if n_stopped == len(live):
-            break
-        if 4 * n_stopped >= len(live):  # finished rows would still cost a forward each step
-            keep = (~stopped).nonzero().squeeze(1)
-            decoder.keep_rows(keep)
-            live, token, stopped, position = live[keep], token[keep], stopped[keep], position[keep]
-        position = position + 1
-        with _autocast(model):
-            logits = decoder.step(token[:, None], position)
+    done = torch.zeros(total, dtype=torch.bool, device=device)  # batch rows whose turn has ended
+    with _autocast(model):
+        logits = decoder.extend(samples[::n], rows, steps)
+        if n > 1:
+            logits = logits.repeat_interleave(n, 0)
+            decoder.keep(torch.arange(len(rows), device=device).repeat_interleave(n), samples)
+        for t in range(steps):
+            logp = (logits if greedy else logits / temperature).log_softmax(-1)
+            token = _pick(logp, top_k, top_p, greedy, generator)
+            # The log-prob under softmax(logits / temperature), before top-k and top-p cut it: what
+            # logprobs(temperature=) gives, as the authors' trainer computes it.
+            # Rows whose turn has ended write past their length too; those entries are cut off below.
+            tokens[live, t] = token
+            logps[live, t] = logp.gather(1, token[:, None]).squeeze(1)
+            is_eos = torch.isin(token, ends)
+            stop = ~done & (is_eos | (budget[live] <= t + 1))
+            lengths[live[stop]] = t + 1
+            ended[live[stop]] = is_eos[stop]
+            ours = ~done  # the tokens just sampled belong to their conversations, but where a turn had ended
+            done = done | stop
+            n_done = int(done.sum())
+            if n_done == len(live):
+                break
+            if 4 * n_done >= len(live):  # rows whose turn has ended would still cost a forward each step
+                left = decoder.drop(done)
+                live, token, done, ours = live[left], token[left], done[left], ours[left]
+            logits = decoder.step(token, ours)
 
     tokens, logps, lengths, ended = tokens.tolist(), logps.tolist(), lengths.tolist(), ended.tolist()
     return [(tokens[i][:lengths[i]], logps[i][:lengths[i]], ended[i]) for i in range(total)]
@@ -470,8 +480,8 @@ def rollout(model, tokenizer, prompts: list[list[dict]], tools: list[dict] | Non
     and holds no tool call; it is cut off (finished=False) when it is out of turns or out of
     `max_tokens` (all tokens after the prompt: sampled and tool responses).
 
-    Later turns re-prefill the continuing conversations (whole sequence, fresh cache):
-    simpler than splicing tool-response tokens into ragged caches, and cheap next to decoding.
+    One decoder serves all turns: the lean one keeps each conversation's keys and values, so a
+    later turn forwards only the tool results and the next generation prompt.
     Returns len(prompts) * n rollouts, the n samples of each prompt adjacent."""
     if not greedy and (temperature <= 0 or not 0 < top_p <= 1 or top_k < 0):
         raise ValueError("sampling needs temperature > 0, top_k >= 0 and 0 < top_p <= 1 (greedy=True for argmax)")
@@ -483,14 +493,16 @@ def rollout(model, tokenizer, prompts: list[list[dict]], tools: list[dict] | Non
                     text="", calls=[], turns=0, finished=False)
             for ids in prompt_ids for _ in range(n)]
     texts = [[] for _ in runs]
+    glue = {}  # (prompt, tool results) -> the template's tokens after that tool-calling turn
 
+    decoder = _decoder(model)  # one for the whole rollout: it may keep each conversation's cache
     active = list(range(len(runs)))
     for turn in range(max_turns):
         budgets = [max_tokens - (len(runs[i].ids) - runs[i].prompt_len) for i in active]
-        if turn == 0:  # the n samples of a prompt share its prefill
-            sampled = _sample_turn(model, prompt_ids, n, budgets[::n], ends, *pick)
+        if turn == 0:  # the n samples of a prompt share its forward
+            sampled = _sample_turn(model, decoder, active, prompt_ids, n, budgets, ends, *pick)
         else:
-            sampled = _sample_turn(model, [runs[i].ids for i in active], 1, budgets, ends, *pick)
+            sampled = _sample_turn(model, decoder, active, [runs[i].ids for i in active], 1, budgets, ends, *pick)
         still = []
         for i, (ids, logps, ended), budget in zip(active, sampled, budgets):
             r = runs[i]
@@ -506,7 +518,10 @@ def rollout(model, tokenizer, prompts: list[list[dict]], tools: list[dict] | Non
             if not ended or not calls or turn + 1 == max_turns:
                 r.finished = ended and not calls  # cut off: out of tokens, or out of turns while calling
                 continue
-            replies = _tool_turn(tokenizer, prompts[i // n], [(str(c["name"]), c["result"]) for c in calls], tools)
+            results = tuple((str(c["name"]), c["result"]) for c in calls)
+            if (i // n, results) not in glue:  # a prompt's samples often make the same calls
+                glue[i // n, results] = _tool_turn(tokenizer, prompts[i // n], list(results), tools)
+            replies = glue[i // n, results]
             if len(ids) + len(replies) >= budget:
                 continue  # no room left for the results and an answer: cut off
             r.ids += replies
@@ -524,60 +539,117 @@ def rollout(model, tokenizer, prompts: list[list[dict]], tools: list[dict] | Non
 
 # ------------------------------------------------------------------ scoring tokens
 
-LOGPROB_CHUNK = 256  # positions per lm_head chunk: bounds the [B, chunk, vocab] float32 logits
+LOGPROB_CHUNK = 2 ** 27  # logits per lm_head chunk: bounds the [tokens, vocab] float32 logits (512 MiB)
 
 
-def _chunk_logprobs(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float):
-    """log p(target) and the entropy of p at each position of a chunk of hidden states, where
-    p = softmax(logits / temperature)."""
+def _chunk_logprobs(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float,
+                    with_entropy: bool) -> tuple[torch.Tensor, ...]:
+    """log p(target) at each of a chunk of hidden states [N, h], p = softmax(logits / temperature),
+    and with `with_entropy` the entropy of p too. Without it, cross_entropy: one fused kernel
+    forward and backward, no [N, vocab] log-softmax kept for a gather."""
     logits = lm_head(hidden).float() / temperature
-    lse = logits.logsumexp(-1)
-    logp = logits.gather(-1, targets[..., None]).squeeze(-1) - lse
-    entropy = lse - (torch.softmax(logits, -1) * logits).sum(-1)
-    return logp, entropy
+    if not with_entropy:
+        return (-torch.nn.functional.cross_entropy(logits, targets, reduction="none"),)
+    logp = logits.log_softmax(-1)
+    return logp.gather(-1, targets[:, None]).squeeze(-1), -(logp.exp() * logp).sum(-1)
 
 
-def logprobs(model, ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0,
-             with_entropy: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probs of a right-padded batch `ids` [B, T] under softmax(logits / temperature),
-    the distribution rollouts sample from: out[:, t] = log p(ids[:, t] | ids[:, :t]),
-    out[:, 0] = 0 (and junk where the mask is 0).
+def logprobs(model, ids: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False,
+             prompts: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of the tokens `mask` [B, T] marks in the right-padded batch `ids` [B, T] under
+    softmax(logits / temperature), the distribution rollouts sample from: out[b, t] =
+    log p(ids[b, t] | ids[b, :t]) where mask[b, t] is set (never at t = 0), 0 elsewhere.
 
-    The vocabulary projection runs in chunks of positions (recomputed in the backward pass
-    when gradients are on), so the full [B, T, vocab] float32 logits never exist at once.
-    Gradients flow. With `with_entropy`, also the per-token entropy (gradients flow too: the
-    entropy bonus of the loss)."""
+    Right padding needs no attention mask: a token attends only to the tokens before it, so
+    the padding after a row's end changes nothing that is scored, and attention runs its
+    causal kernel. With `prompts` [B], the length of each row's prompt (none of it scored),
+    rows with the same prompt share its forward (_hidden_states): a rollout's G samples read
+    one prompt. Only the scored positions go through the vocabulary projection (the prompt
+    and tool results of a rollout are read, never scored), in chunks of LOGPROB_CHUNK logits,
+    recomputed in the backward pass when there are several and gradients are on, so the full
+    [tokens, vocab] float32 logits never exist at once. Gradients flow. With `with_entropy`,
+    also the per-token entropy (gradients flow too: the entropy bonus)."""
+    rows, cols = (mask[:, 1:] > 0).nonzero(as_tuple=True)  # the hidden state at t predicts token t + 1
     with _autocast(model):
-        hidden = model.model(input_ids=ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        logps, entropies = [], []
-        for s in range(0, ids.shape[1] - 1, LOGPROB_CHUNK):  # hidden state at t predicts token t + 1
-            e = min(s + LOGPROB_CHUNK, ids.shape[1] - 1)
-            args = (model.lm_head, hidden[:, s:e], ids[:, s + 1:e + 1], temperature)
-            if torch.is_grad_enabled():
-                logp, entropy = torch.utils.checkpoint.checkpoint(_chunk_logprobs, *args, use_reentrant=False)
+        hidden = _hidden_states(model, ids, rows, cols, prompts)
+        targets, size = ids[rows, cols + 1], max(1, LOGPROB_CHUNK // model.lm_head.out_features)
+        chunks = []
+        for s in range(0, len(targets), size):
+            args = (model.lm_head, hidden[s:s + size], targets[s:s + size], temperature, with_entropy)
+            if torch.is_grad_enabled() and len(targets) > size:
+                chunks.append(torch.utils.checkpoint.checkpoint(_chunk_logprobs, *args, use_reentrant=False))
             else:
-                logp, entropy = _chunk_logprobs(*args)
-            logps.append(logp)
-            entropies.append(entropy)
-    zero = hidden.new_zeros(ids.shape[0], 1, dtype=torch.float32)
-    out = torch.cat([zero] + logps, dim=1)
-    if with_entropy:
-        return out, torch.cat([zero] + entropies, dim=1)
-    return out
+                chunks.append(_chunk_logprobs(*args))
+    parts = list(zip(*chunks)) or [[hidden.new_zeros(0).float()]] * (1 + with_entropy)  # or nothing scored
+    outs = [torch.zeros(ids.shape, device=ids.device).index_put((rows, cols + 1), torch.cat(p)) for p in parts]
+    return tuple(outs) if with_entropy else outs[0]
+
+
+def _hidden_states(model, ids: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                   prompts: torch.Tensor | None) -> torch.Tensor:
+    """The last hidden states [N, h] at positions (rows, cols) of the right-padded batch `ids`.
+
+    With `prompts` [B] (each row's prompt length; no position asked for lies before a row's
+    last prompt token), each distinct prompt is forwarded once, left-padded, and its keys and
+    values (a transformers cache) are picked for the rows that share it; the rest of each row
+    is forwarded after it. Gradients reach the shared prompt from every row that read it."""
+    if prompts is None or model.is_activation_checkpointing:  # checkpointed layers keep no cache
+        return model.model(input_ids=ids, use_cache=False).last_hidden_state[rows, cols]
+    distinct: dict[tuple, int] = {}
+    which = torch.tensor([distinct.setdefault(tuple(row[:n].tolist()), len(distinct))
+                          for row, n in zip(ids, prompts.tolist())], device=ids.device)
+    width = max(map(len, distinct))
+    heads = torch.zeros(len(distinct), width, dtype=torch.long, device=ids.device)
+    seen = torch.zeros(len(distinct), width, dtype=torch.long, device=ids.device)
+    for i, prompt in enumerate(distinct):
+        heads[i, width - len(prompt):] = torch.tensor(prompt)
+        seen[i, width - len(prompt):] = 1
+    shared = model.model(input_ids=heads, attention_mask=seen, position_ids=(seen.cumsum(-1) - 1).clamp(min=0),
+                         use_cache=True)
+    cache = shared.cache
+    cache.batch_select_indices(which)
+    # The rest of each row, right-padded, at the positions after its prompt.
+    start = prompts.to(ids.device)
+    rest = int((ids.shape[1] - start).max())
+    offsets = torch.arange(rest, device=ids.device)
+    tails = ids.gather(1, (start[:, None] + offsets).clamp(max=ids.shape[1] - 1))
+    after = model.model(input_ids=tails, attention_mask=torch.cat([seen[which], torch.ones_like(tails)], 1),
+                        position_ids=start[:, None] + offsets, cache=cache, use_cache=True)
+    # Position t's state: the shared prompt's last one where t is a row's last prompt token.
+    last = shared.last_hidden_state[which, -1]
+    inside = cols >= start[rows]
+    states = after.last_hidden_state[rows, (cols - start[rows]).clamp(min=0)]
+    return torch.where(inside[:, None], states, last[rows])
+
+
+def forward_flops(model, lengths: torch.Tensor, scored: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
+    """The FLOPs [B] of a forward pass over tokens start..length of each row (`lengths`,
+    `start` [B]; start 0 by default), each attending to every token before it, that projects
+    `scored` [B] of them onto the vocabulary: 2 per weight a token meets, plus 4 x the
+    attention width per key it reads. A backward pass costs twice as much."""
+    body = sum(p.numel() for p in model.model.layers.parameters() if p.dim() == 2)
+    config = model.config
+    width = config.num_attention_heads * model.model.layers[0].self_attn.head_dim
+    n = lengths.double().cpu()
+    s = torch.zeros_like(n) if start is None else start.double().cpu()
+    keys = (n * (n + 1) - s * (s + 1)) / 2  # token t reads t keys, itself included
+    return (2 * body * (n - s) + 2 * model.lm_head.weight.numel() * scored.double().cpu()
+            + 4 * width * config.num_hidden_layers * keys)
 
 
 def collate(rollouts: list[Rollout], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded tensors of a batch of rollouts: "ids" [B, T], "attention_mask",
-    "loss_mask" and "old_logprobs". Position t of the masks and log-probs refers to token t,
-    the logprobs() convention, so they line up with its output without a shift."""
+    """Right-padded tensors of a batch of rollouts: "ids" [B, T], "lengths" and "prompts" [B]
+    (the prompt's length), "loss_mask" and "old_logprobs" [B, T]. Position t of the mask and
+    log-probs refers to token t, the logprobs() convention, so they line up with its output
+    without a shift."""
     width = max(len(r.ids) for r in rollouts)
     batch = {"ids": torch.full((len(rollouts), width), pad_id, dtype=torch.long),
-             "attention_mask": torch.zeros(len(rollouts), width, dtype=torch.long),
+             "lengths": torch.tensor([len(r.ids) for r in rollouts]),
+             "prompts": torch.tensor([r.prompt_len for r in rollouts]),
              "loss_mask": torch.zeros(len(rollouts), width),
              "old_logprobs": torch.zeros(len(rollouts), width)}
     for i, r in enumerate(rollouts):
         batch["ids"][i, :len(r.ids)] = torch.tensor(r.ids)
-        batch["attention_mask"][i, :len(r.ids)] = 1
         batch["loss_mask"][i, :len(r.ids)] = torch.tensor(r.mask, dtype=torch.float32)
         batch["old_logprobs"][i, :len(r.ids)] = torch.tensor(r.logprobs)
     return batch

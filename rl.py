@@ -40,7 +40,7 @@ PROFILES = {
     "prompts":       (16,        32),          # problems per step
     "group":         (8,         10),          # rollouts per problem (G)
     "minibatch":     (8,         8),           # problems per optimizer update: prompts / minibatch updates a step
-    "micro_batch":   (64,        4),           # rollouts per forward/backward (memory only)
+    "micro_batch":   (16,        4),           # rollouts per forward/backward (memory only)
     "max_tokens":    (256,       2048),        # per rollout, after the prompt (authors: 8192)
     "temperature":   (1.0,       0.6),
     "top_k":         (0,         20),
@@ -180,21 +180,34 @@ def token_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------- the helpers
 
+def micro_batches(lengths: torch.Tensor, rows: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """The batch rows `rows` in micro-batches of `size`, longest first: rows of similar length
+    share a micro-batch, so little of each is padding (one long rollout no longer pads
+    a whole mini-batch to its length)."""
+    return list(rows[lengths[rows].argsort(descending=True, stable=True)].split(size)) if len(rows) else []
+
+
+def trim(data: dict, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ids, loss mask and prompt lengths of batch rows `rows`, cut to their own longest
+    sequence."""
+    width = int(data["lengths"][rows].max())
+    return data["ids"][rows, :width], data["loss_mask"][rows, :width], data["prompts"][rows]
+
+
 def batched_logprobs(policy, data: dict, rows: torch.Tensor, size: int, temperature: float) -> torch.Tensor:
-    """logprobs() of the batch rows `rows`, `size` at a time, without gradients, padded to
-    the batch's width."""
-    out = torch.zeros(len(rows), data["ids"].shape[1], device=data["ids"].device)
+    """logprobs() of the batch rows `rows`, `size` rows at a time, without gradients: [B, T]
+    like the batch, 0 in the other rows."""
+    out = torch.zeros_like(data["loss_mask"])
     with torch.no_grad():
-        for i in range(0, len(rows), size):
-            ids, attention = trim(data, rows[i:i + size])
-            out[i:i + size, :ids.shape[1]] = student.logprobs(policy, ids, attention, temperature)
+        for micro in micro_batches(data["lengths"], rows, size):
+            ids, mask, prompts = trim(data, micro)
+            out[micro, :ids.shape[1]] = student.logprobs(policy, ids, mask, temperature, prompts=prompts)
     return out
 
 
-def trim(data: dict, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ids and attention mask of batch rows `rows`, cut to their own longest sequence."""
-    width = int(data["attention_mask"][rows].sum(1).max())
-    return data["ids"][rows, :width], data["attention_mask"][rows, :width]
+def rollout_rows(args: argparse.Namespace) -> int:
+    """Conversations decoded at once: a rollout call's, and an evaluation's (the same memory)."""
+    return args.rollout_batch * args.group
 
 
 def habit_differs(record: dict) -> bool:
@@ -247,7 +260,7 @@ def starting_eval(init: str, policy, tokenizer, splits: dict, args: argparse.Nam
         if all(saved.get(name, {}).get("data") == evaluate.fingerprint(recs) and saved[name].get("limits") == wanted
                for name, recs in splits.items()):
             return saved
-    return evaluate.evaluate_splits(policy, tokenizer, splits, None, args.max_turns, args.max_tokens)
+    return evaluate.evaluate_splits(policy, tokenizer, splits, None, args.max_turns, args.max_tokens, rollout_rows(args))
 
 
 def saved_state(args: argparse.Namespace) -> dict | None:
@@ -264,6 +277,111 @@ def saved_state(args: argparse.Namespace) -> dict | None:
         raise student.ModelError(f"{args.out} was trained with --reward {state['reward']} from {state['init']}; "
                                  "resume it with the same")
     return state
+
+
+# ------------------------------------------------------------------------------ the step
+
+def clock(device: str) -> float:
+    """Seconds on a monotonic clock, once the device's queued work is done (CUDA runs ahead of
+    Python: without the wait, a phase's time would show up in the next one)."""
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def grpo_step(policy, ref, opt, tokenizer, problems: list[dict], args: argparse.Namespace, step: int) -> dict:
+    """Stages 1-4 of one GRPO step on `problems`, as configured by `args` (rl.py's flags),
+    `step` seeding the samples. Returns the step's log row: what the rollouts did
+    (rollout_stats), the per-token means of the loss terms, and the FLOPs and seconds of each
+    phase ("<phase>_flops", "<phase>_time" for rollout, reward, ref, old, update; step_time)."""
+    G, T, device = args.group, args.temperature, args.device
+    t0 = clock(device)
+
+    # 1. Roll out G conversations per problem with the current policy.
+    policy.eval()
+    authors = not student.is_tiny(tokenizer)
+    rollouts = []
+    for i in range(0, len(problems), args.rollout_batch):
+        rollouts += student.rollout(
+            policy, tokenizer, [tasks.prompt(p["question"], authors) for p in problems[i:i + args.rollout_batch]],
+            tools.schemas(), n=G, max_turns=args.max_turns, max_tokens=args.max_tokens, temperature=T,
+            top_k=args.top_k, top_p=args.top_p, seed=args.seed * 1_000_003 + step * 1009 + i)
+    t_rollout = clock(device)
+
+    # 2. Score each rollout; its advantage is how much better it did than its group's mean.
+    records = [p for p in problems for _ in range(G)]
+    scores = [reward.score_rollout(r, p, args.reward) for r, p in zip(rollouts, records)]
+    adv = grpo_advantages(torch.tensor([s["reward"] for s in scores]), G).to(device)
+    data = {k: v.to(device) for k, v in student.collate(rollouts, tokenizer.pad_token_id).items()}
+    mask = data["loss_mask"]  # 1 on sampled tokens only: the prompt and tool results are read, not learned
+    t_reward = clock(device)
+
+    # 3. Log-probs of the reference, and of the policy before this step's updates (the "old"
+    # policy of the PPO ratio), from the training forward, not the sampler (its fast decode
+    # differs in the last bits). The rows of the first update take theirs from that update's
+    # own forward, detached: the policy has not moved yet. The others need a no-grad pass now.
+    every = torch.arange(len(rollouts), device=device)
+    ref_logp = batched_logprobs(ref, data, every, args.micro_batch, T)
+    t_ref = clock(device)
+    policy.train()
+    updates = [[(groups[:, None] * G + torch.arange(G)).flatten().to(device)
+                for groups in torch.randperm(len(problems)).split(args.minibatch)] for _ in range(args.ppo_epochs)]
+    later = torch.ones(len(rollouts), dtype=torch.bool, device=device)
+    later[updates[0][0]] = False
+    old_logp = batched_logprobs(policy, data, every[later], args.micro_batch, T)
+    t_old = clock(device)
+
+    # 4. PPO updates: mini-batches of whole groups; each loss is a token mean over the whole
+    # mini-batch (every sampled token counts once, so long rollouts weigh more, as in the
+    # authors' token-mean), built from micro-batches whose gradients add up to exactly the
+    # mini-batch's.
+    sums = dict.fromkeys(("loss", "pg_loss", "kl", "entropy", "clip_frac", "logprob_gap"), 0.0)
+    grad_norms, skipped = [], 0
+    for epoch, minibatches in enumerate(updates):
+        for index, rows in enumerate(minibatches):
+            n_tokens = mask[rows].sum().clamp(min=1)
+            opt.zero_grad(set_to_none=True)
+            for micro in micro_batches(data["lengths"], rows, args.micro_batch):
+                ids, m, prompts = trim(data, micro)
+                width = ids.shape[1]
+                logp, entropy = student.logprobs(policy, ids, m, T, with_entropy=True, prompts=prompts)
+                if epoch == index == 0:
+                    old_logp[micro, :width] = logp.detach()
+                old = old_logp[micro, :width]
+                pg, clipped = policy_loss(logp, old, adv[micro], args.clip_low, args.clip_high, args.dual_clip)
+                kl = kl_penalty(logp, ref_logp[micro, :width])
+                bonus = entropy if args.entropy_coef else entropy.detach()  # no backward through a 0 term
+                loss = token_sum(pg + args.kl_coef * kl - args.entropy_coef * bonus, m) / n_tokens
+                loss.backward()
+                gap = (old - data["old_logprobs"][micro, :width]).abs()  # trainer vs sampler log-probs
+                for key, value in [("loss", loss * n_tokens), ("pg_loss", pg), ("kl", kl), ("entropy", entropy),
+                                   ("clip_frac", clipped), ("logprob_gap", gap)]:
+                    sums[key] += (value if key == "loss" else token_sum(value, m)).item()
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+            if not torch.isfinite(grad_norm):  # a NaN or inf anywhere: skip rather than wreck the weights
+                tqdm.write(f"step {step + 1}: non-finite gradient, update skipped")
+                skipped += 1
+                continue
+            opt.step()
+            grad_norms.append(grad_norm.item())
+    t_update = clock(device)
+
+    # The FLOPs of each phase (bench.py sets them against the hardware's): every pass reads each
+    # prompt once for its G samples (the rollouts, and the training passes too, which share it),
+    # then every token after it.
+    lengths, prompts, scored = data["lengths"], data["prompts"], mask.sum(1)
+    flops = student.forward_flops(policy, lengths, scored, prompts) + \
+        student.forward_flops(policy, prompts, torch.zeros_like(scored)) / G
+    passes = {"rollout": flops.sum(), "ref": flops.sum(), "old": flops[later.cpu()].sum(),
+              "update": 3 * flops.sum() * args.ppo_epochs}  # a backward costs twice a forward
+    sampled = scored.sum().item()
+    return {**rollout_stats(scores, records, G), "response_tokens": sampled / len(rollouts),
+            **{key: total / (sampled * args.ppo_epochs) for key, total in sums.items()},
+            "grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else float("nan"),
+            "skipped_updates": skipped, "tokens_per_s": sampled / (t_rollout - t0),
+            **{f"{name}_flops": value.item() for name, value in passes.items()},
+            "rollout_time": t_rollout - t0, "reward_time": t_reward - t_rollout, "ref_time": t_ref - t_reward,
+            "old_time": t_old - t_ref, "update_time": t_update - t_old, "step_time": t_update - t0}
 
 
 # ------------------------------------------------------------------------------ the loop
@@ -307,86 +425,19 @@ def train(args: argparse.Namespace) -> dict:
     files.write_json(os.path.join(args.out, "args.json"), vars(args))
     log = open(metrics, "a" if state else "w")
     before = before or starting_eval(init, policy, tokenizer, splits, args)
-    authors = not student.is_tiny(tokenizer)
-    G, T = args.group, args.temperature
-    updates = args.prompts // args.minibatch * args.ppo_epochs
 
     bar = tqdm(range(start, args.steps), desc=f"rl {args.reward}", initial=start, total=args.steps)
     for step in bar:
-        t0 = time.time()
         lr = sft.lr_at(step, args.lr, args.warmup, args.steps, args.lr_schedule)
         for group in opt.param_groups:
             group["lr"] = lr
+        row = {"step": step + 1, **grpo_step(policy, ref, opt, tokenizer, draw.sample(train_set, args.prompts),
+                                             args, step), "lr": lr}
 
-        # 1. Roll out G conversations per problem with the current policy.
-        problems = draw.sample(train_set, args.prompts)
-        policy.eval()
-        rollouts = []
-        for i in range(0, args.prompts, args.rollout_batch):
-            rollouts += student.rollout(
-                policy, tokenizer, [tasks.prompt(p["question"], authors) for p in problems[i:i + args.rollout_batch]],
-                tools.schemas(), n=G, max_turns=args.max_turns, max_tokens=args.max_tokens, temperature=T,
-                top_k=args.top_k, top_p=args.top_p, seed=args.seed * 1_000_003 + step * 1009 + i)
-        t_roll = time.time()
-
-        # 2. Score each rollout; its advantage is how much better it did than its group's mean.
-        records = [p for p in problems for _ in range(G)]
-        scores = [reward.score_rollout(r, p, args.reward) for r, p in zip(rollouts, records)]
-        adv = grpo_advantages(torch.tensor([s["reward"] for s in scores]), G).to(args.device)
-        data = {k: v.to(args.device) for k, v in student.collate(rollouts, tokenizer.pad_token_id).items()}
-        mask = data["loss_mask"]  # 1 on sampled tokens only: the prompt and tool results are read, not learned
-
-        # 3. Log-probs of the reference, and of the policy before this step's updates (the
-        # "old" policy of the PPO ratio). With a single update the ratio's old side is the
-        # update's own forward, detached; with several, a no-grad pass of the same training
-        # forward (not the sampler's numbers: its fast decode differs in the last bits).
-        every = torch.arange(len(rollouts), device=args.device)
-        ref_logp = batched_logprobs(ref, data, every, args.micro_batch, T)
-        policy.train()
-        old_logp = None if updates == 1 else batched_logprobs(policy, data, every, args.micro_batch, T)
-
-        # 4. PPO updates: mini-batches of whole groups; each loss is a token mean over the
-        # whole mini-batch (every sampled token counts once, so long rollouts weigh more, as
-        # in the authors' token-mean), built from micro-batches whose gradients add up to
-        # exactly the mini-batch's.
-        sums = dict.fromkeys(("loss", "pg_loss", "kl", "entropy", "clip_frac", "logprob_gap"), 0.0)
-        grad_norms, skipped = [], 0
-        for epoch in range(args.ppo_epochs):
-            for groups in torch.randperm(args.prompts).split(args.minibatch):
-                rows = (groups[:, None] * G + torch.arange(G)).flatten().to(args.device)
-                n_tokens = mask[rows].sum().clamp(min=1)
-                opt.zero_grad(set_to_none=True)
-                for micro in rows.split(args.micro_batch):
-                    ids, attention = trim(data, micro)
-                    width, m = ids.shape[1], mask[micro, :ids.shape[1]]
-                    logp, entropy = student.logprobs(policy, ids, attention, T, with_entropy=True)
-                    old = logp.detach() if old_logp is None else old_logp[micro, :width]
-                    pg, clipped = policy_loss(logp, old, adv[micro], args.clip_low, args.clip_high, args.dual_clip)
-                    kl = kl_penalty(logp, ref_logp[micro, :width])
-                    loss = token_sum(pg + args.kl_coef * kl - args.entropy_coef * entropy, m) / n_tokens
-                    loss.backward()
-                    gap = (old - data["old_logprobs"][micro, :width]).abs()  # trainer vs sampler log-probs
-                    for key, value in [("loss", loss * n_tokens), ("pg_loss", pg), ("kl", kl), ("entropy", entropy),
-                                       ("clip_frac", clipped), ("logprob_gap", gap)]:
-                        sums[key] += (value if key == "loss" else token_sum(value, m)).item()
-                grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-                if not torch.isfinite(grad_norm):  # a NaN or inf anywhere: skip rather than wreck the weights
-                    tqdm.write(f"step {step + 1}: non-finite gradient, update skipped")
-                    skipped += 1
-                    continue
-                opt.step()
-                grad_norms.append(grad_norm.item())
-
-        # 5. Log what happened (per-token means of the loss terms); evaluate and save now and then.
-        sampled = mask.sum().item()
-        row = {"step": step + 1, **rollout_stats(scores, records, G), "response_tokens": sampled / len(rollouts),
-               **{key: total / (sampled * args.ppo_epochs) for key, total in sums.items()},
-               "grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else float("nan"),
-               "skipped_updates": skipped, "lr": lr,
-               "rollout_time": t_roll - t0, "step_time": time.time() - t0, "tokens_per_s": sampled / (t_roll - t0)}
+        # 5. Log what happened; evaluate and save now and then.
         if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
             for name, result in evaluate.evaluate_splits(policy, tokenizer, splits, args.eval_limit, args.max_turns,
-                                                         args.max_tokens).items():
+                                                         args.max_tokens, rollout_rows(args)).items():
                 row[f"{name}_accuracy"] = result["accuracy"]
         log.write(json.dumps(row) + "\n")
         log.flush()
@@ -396,7 +447,7 @@ def train(args: argparse.Namespace) -> dict:
                 "step": step + 1, "optimizer": opt.state_dict(), "python_rng": draw.getstate(),
                 "torch_rng": torch.get_rng_state(), "init": init, "reward": args.reward, "before": before})
 
-    after = evaluate.evaluate_splits(policy, tokenizer, splits, None, args.max_turns, args.max_tokens)
+    after = evaluate.evaluate_splits(policy, tokenizer, splits, None, args.max_turns, args.max_tokens, rollout_rows(args))
     files.write_json(os.path.join(args.out, "eval.json"), after)
     log.close()
     print(evaluate.table({f"before ({init})": before, f"after ({args.out})": after}))

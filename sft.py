@@ -82,15 +82,26 @@ def lr_at(step: int, peak: float, warmup: int, steps: int, schedule: str = "cosi
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def batch(examples: list[tuple[list[int], list[int]]], pad_id: int, device) -> tuple[torch.Tensor, ...]:
-    """Right-pad (ids, loss mask) pairs into tensors: ids, attention mask, loss mask."""
+def batch(examples: list[tuple[list[int], list[int]]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad (ids, loss mask) pairs into tensors: ids and loss mask [B, T]."""
     T = max(len(ids) for ids, _ in examples)
     ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
-    attn = torch.zeros(len(examples), T, dtype=torch.long)
     mask = torch.zeros(len(examples), T)
     for i, (x, m) in enumerate(examples):
-        ids[i, :len(x)], attn[i, :len(x)], mask[i, :len(m)] = torch.tensor(x), 1, torch.tensor(m, dtype=torch.float)
-    return ids.to(device), attn.to(device), mask.to(device)
+        ids[i, :len(x)], mask[i, :len(m)] = torch.tensor(x), torch.tensor(m, dtype=torch.float)
+    return ids.to(device), mask.to(device)
+
+
+def train_step(policy, opt: torch.optim.Optimizer, ids: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
+    """One optimizer step of next-token cross-entropy on the tokens `mask` marks in the
+    right-padded batch `ids`, the gradient's norm clipped to 1. Returns (loss, grad norm)."""
+    logp = student.logprobs(policy, ids, mask)  # bf16 autocast on CUDA inside
+    loss = -(logp * mask).sum() / mask.sum()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+    opt.step()
+    return loss.item(), grad_norm.item()
 
 
 def conversation(record: dict, messages: list[dict], authors: bool) -> list[dict]:
@@ -165,15 +176,9 @@ def train(args: argparse.Namespace) -> dict[str, dict]:
             picks = draw.sample(range(len(examples)), args.batch_size)
         else:
             picks = torch.randint(len(examples), (args.batch_size,), generator=gen).tolist()
-        ids, attn, mask = batch([examples[i] for i in picks], tokenizer.pad_token_id, args.device)
-        logp = student.logprobs(policy, ids, attn)  # bf16 autocast on CUDA inside
-        loss = -(logp * mask).sum() / mask.sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-        opt.step()
-        row = {"step": step + 1, "loss": loss.item(), "grad_norm": grad_norm.item(), "lr": lr,
-               "step_time": time.time() - t0}
+        loss, grad_norm = train_step(policy, opt, *batch([examples[i] for i in picks], tokenizer.pad_token_id,
+                                                         args.device))
+        row = {"step": step + 1, "loss": loss, "grad_norm": grad_norm, "lr": lr, "step_time": time.time() - t0}
         if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
             for name, m in evaluate.evaluate_splits(policy, tokenizer, splits, args.eval_limit).items():
                 row[f"{name}_accuracy"] = m["accuracy"]

@@ -36,10 +36,10 @@ CONV_BAD = [SYSTEM, {"role": "user", "content": "Break it."},
             {"role": "assistant", "content": "\\boxed{0}"}]
 
 
-def qwen_like(path: str, template: str | None, think: bool = False) -> str:
-    """Save a tiny random Qwen2 and a Qwen2-style tokenizer (byte-level BPE, <|im_start|>,
-    <|im_end|> as EOS, <|endoftext|> as pad, the tool tags as added tokens) to `path`; with
-    `think`, <think> and </think> are added tokens too, as in Qwen3."""
+def qwen_like(path: str, template: str | None, think: bool = False, seed: int = 0) -> str:
+    """Save a tiny random Qwen2 (weights drawn with `seed`) and a Qwen2-style tokenizer
+    (byte-level BPE, <|im_start|>, <|im_end|> as EOS, <|endoftext|> as pad, the tool tags as
+    added tokens) to `path`; with `think`, <think> and </think> are added tokens too, as in Qwen3."""
     base = Qwen2Tokenizer(eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None)
     base.chat_template = open(TEMPLATE).read()
     texts = [base.apply_chat_template(c, tools=ADD, tokenize=False) for c in (CONV_ADD, CONV_BAD)]
@@ -52,7 +52,7 @@ def qwen_like(path: str, template: str | None, think: bool = False) -> str:
     config = Qwen2Config(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, intermediate_size=128, tie_word_embeddings=False,
                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     Qwen2ForCausalLM(config).save_pretrained(path)
     tok.save_pretrained(path)
     return path
@@ -64,23 +64,28 @@ def qwen(tmp_path_factory):
     return model.load(qwen_like(str(tmp_path_factory.mktemp("qwen")), open(TEMPLATE).read()))
 
 
-def fit(policy: Qwen2ForCausalLM, tok: Qwen2Tokenizer, steps: int = 200) -> tuple[Qwen2ForCausalLM, Qwen2Tokenizer]:
+def emit_loss(policy: Qwen2ForCausalLM, tok: Qwen2Tokenizer, steps: int) -> float:
     """Train `policy` for `steps` to emit CONV_ADD and CONV_BAD as encode() lays them out;
-    returns (policy, tok)."""
+    returns the last step's loss."""
     examples = [model.encode(tok, c, ADD) for c in (CONV_ADD, CONV_BAD)]
     width = max(len(ids) for ids, _ in examples)
     ids = torch.tensor([ids + [tok.pad_token_id] * (width - len(ids)) for ids, _ in examples])
-    attn = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in examples])
     mask = torch.tensor([m + [0] * (width - len(m)) for _, m in examples], dtype=torch.float)
     opt = torch.optim.Adam(policy.parameters(), lr=1e-2)
     policy.train()
     for _ in range(steps):
-        loss = -(model.logprobs(policy, ids, attn) * mask).sum() / mask.sum()
+        loss = -(model.logprobs(policy, ids, mask) * mask).sum() / mask.sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
     policy.eval()
-    assert loss.item() < 0.02
+    return loss.item()
+
+
+def fit(policy: Qwen2ForCausalLM, tok: Qwen2Tokenizer) -> tuple[Qwen2ForCausalLM, Qwen2Tokenizer]:
+    """300 steps of emit_loss, which must end below 0.02; returns (policy, tok). Some seeds
+    plateau near 0.5 for 200 steps before the loss falls (tests/seeds.py)."""
+    assert emit_loss(policy, tok, 300) < 0.02
     return policy, tok
 
 
@@ -92,10 +97,8 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained_qwen3(tmp_path_factory):
-    """A copy with the real Qwen3 template (and <think> known), trained the same way; its loss
-    takes 300 steps to settle."""
-    policy, tok = model.load(qwen_like(str(tmp_path_factory.mktemp("qwen3")), open(QWEN3).read(), think=True))
-    return fit(policy, tok, steps=300)
+    """A copy with the real Qwen3 template (and <think> known), trained the same way."""
+    return fit(*model.load(qwen_like(str(tmp_path_factory.mktemp("qwen3")), open(QWEN3).read(), think=True)))
 
 
 def runs_of_ones(ids: list[int], mask: list[int]) -> list[list[int]]:
@@ -354,8 +357,8 @@ def test_rollout_logprobs_equal_a_fresh_logprobs_pass(trained, lean, monkeypatch
         assert all(lp == 0.0 for lp, m in zip(r.logprobs, r.mask) if not m)
     batch = model.collate(runs, tok.pad_token_id)
     with torch.no_grad():
-        fresh = model.logprobs(policy, batch["ids"], batch["attention_mask"], temperature=1.5)
-        plain = model.logprobs(policy, batch["ids"], batch["attention_mask"])
+        fresh = model.logprobs(policy, batch["ids"], batch["loss_mask"], temperature=1.5)
+        plain = model.logprobs(policy, batch["ids"], batch["loss_mask"])
     mask = batch["loss_mask"].bool()
     assert torch.allclose(fresh[mask], batch["old_logprobs"][mask], atol=1e-4)
     assert not torch.allclose(plain[mask], batch["old_logprobs"][mask], atol=1e-2)
@@ -432,37 +435,49 @@ def tiny_qwen2(**overrides) -> Qwen2ForCausalLM:
 
 @pytest.mark.parametrize("lean", [True, False])
 @pytest.mark.parametrize("rope", [None, {"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0}])
-def test_lean_forward_logits_equal_a_full_transformers_forward(rope, lean, monkeypatch):
+def test_decoder_logits_equal_a_full_transformers_forward_across_turns(rope, lean, monkeypatch):
     # The plain decoder (the model's own forward with its cache) is held to the same standard.
     policy = tiny_qwen2(**({"rope_parameters": rope} if rope else {}))
     assert engine.lean_ok(policy)
     if not lean:
         monkeypatch.setattr(engine, "lean_ok", lambda m: False)
-    lengths, steps = [9, 4, 6], 5
-    width = max(lengths)
-    ids = torch.randint(0, 97, (len(lengths), width))
-    valid = torch.tensor([[i >= width - n for i in range(width)] for n in lengths])  # left padding
-    positions = (valid.cumsum(-1) - 1).clamp(min=0)
+    forwarded = []  # the token ids each forward reads
+    policy.model.embed_tokens.register_forward_hook(lambda module, args, out: forwarded.append(args[0].numel()))
+    torch.manual_seed(1)
+    convs = {s: torch.randint(0, 97, (n,)).tolist() for s, n in enumerate([9, 4, 6])}
 
-    def full_forward(ids, valid):  # no cache: the whole left-padded sequence at once
-        positions = (valid.cumsum(-1) - 1).clamp(min=0)
-        return policy(input_ids=ids, attention_mask=valid.long(), position_ids=positions).logits[:, -1]
+    def check(logits, samples):  # each conversation whole, on its own, no cache
+        expected = torch.cat([policy(input_ids=torch.tensor([convs[s]])).logits[:, -1] for s in samples])
+        assert torch.allclose(logits, expected, atol=1e-5)
 
     with torch.inference_mode():
-        decoder = model._decoder(policy, width + steps)
+        decoder = model._decoder(policy)
         assert isinstance(decoder, engine.LeanDecoder if lean else model._PlainDecoder)
-        logits = decoder.prefill(ids, positions, valid)
-        assert torch.allclose(logits, full_forward(ids, valid), atol=1e-5)
-        for step in range(steps):
-            if step == 2:  # rows leave the batch as their samples stop
-                keep = torch.tensor([0, 2])
-                decoder.keep_rows(keep)
-                ids, valid, positions = ids[keep], valid[keep], positions[keep]
-            token = torch.randint(0, 97, (len(ids), 1))
-            ids, valid = torch.cat([ids, token], 1), torch.cat([valid, torch.ones_like(token, dtype=torch.bool)], 1)
-            positions = positions[:, -1:] + 1
-            logits = decoder.step(token, positions)
-            assert torch.allclose(logits, full_forward(ids, valid), atol=1e-5)
+        samples = [0, 1, 2]
+        check(decoder.extend(samples, [convs[s] for s in samples], room=5), samples)
+        for step in range(5):
+            if step == 2:  # conversation 1 leaves the batch: its turn ended
+                left = decoder.drop(torch.tensor([False, True, False]))
+                samples = [samples[r] for r in left.tolist()]
+            tokens = torch.randint(0, 97, (len(samples),))
+            ours = torch.tensor([not (s == 2 and step > 3) for s in samples])  # 2's turn ends at step 3
+            for s, token, own in zip(samples, tokens.tolist(), ours.tolist()):
+                convs[s] += [token] if own else []
+            logits = decoder.step(tokens, ours)
+            check(logits[ours], [s for s, own in zip(samples, ours.tolist()) if own])
+        # The next turn: 2 and 1 go on after a tool result each; 0 is done.
+        convs[2] += [5, 6, 7]
+        convs[1] += [8, 9]
+        forwarded.clear()
+        logits = decoder.extend([2, 1], [convs[2], convs[1]], room=3)
+        # The lean decoder forwards the new tokens only (3 a row, left-padded), the plain one all.
+        assert forwarded == ([2 * 3] if lean else [2 * len(convs[2])])
+        check(logits, [2, 1])
+        for step in range(3):
+            tokens = torch.randint(0, 97, (2,))
+            convs[2].append(tokens[0].item())
+            convs[1].append(tokens[1].item())
+            check(decoder.step(tokens, torch.ones(2, dtype=torch.bool)), [2, 1])
 
 
 def test_lean_forward_only_where_it_is_exact():
@@ -472,8 +487,8 @@ def test_lean_forward_only_where_it_is_exact():
     llama = LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                          num_key_value_heads=2, intermediate_size=96))
     assert not engine.lean_ok(llama)
-    assert isinstance(model._decoder(llama, 8), model._PlainDecoder)  # its own forward, with a transformers cache
-    assert isinstance(model._decoder(tiny_qwen2(), 8), engine.LeanDecoder)
+    assert isinstance(model._decoder(llama), model._PlainDecoder)  # its own forward, with a transformers cache
+    assert isinstance(model._decoder(tiny_qwen2()), engine.LeanDecoder)
 
 
 def test_the_engine_self_check_passes_and_fails_when_the_lean_forward_is_wrong(tmp_path, monkeypatch, capsys):
@@ -489,20 +504,30 @@ def test_the_engine_self_check_passes_and_fails_when_the_lean_forward_is_wrong(t
 
 # ------------------------------------------------------------------ logprobs and collate
 
-def test_logprobs_in_chunks_match_a_plain_log_softmax_and_carry_gradients(qwen, monkeypatch):
+@pytest.mark.parametrize("chunks", [1, 5])
+def test_logprobs_score_the_masked_tokens_and_carry_gradients(qwen, monkeypatch, chunks):
     policy, tok = qwen
-    monkeypatch.setattr(model, "LOGPROB_CHUNK", 7)
+    torch.manual_seed(0)
     ids = torch.randint(0, len(tok), (2, 30))
-    attn = torch.ones_like(ids)
-    attn[1, 20:] = 0
-    out, entropy = model.logprobs(policy, ids, attn, with_entropy=True)
-    logits = policy(input_ids=ids, attention_mask=attn).logits.float()
-    expected = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    mask = torch.ones(2, 30)
+    mask[0, :6] = 0  # a prompt: read, not scored
+    mask[1, 20:] = 0  # right padding
+    scored = mask[:, 1:].bool()
+    # every scored token in one chunk of logits, or in chunks of 8 tokens, recomputed in the backward
+    monkeypatch.setattr(model, "LOGPROB_CHUNK", 8 * len(tok) if chunks > 1 else model.LOGPROB_CHUNK)
+    out, entropy = model.logprobs(policy, ids, mask, with_entropy=True)
+    logits = policy(input_ids=ids).logits.float()[:, :-1]
+    expected = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
     assert out.shape == entropy.shape == ids.shape and torch.all(out[:, 0] == 0)
-    assert torch.allclose(out[:, 1:], expected, atol=1e-5)
-    probs = torch.softmax(logits[:, :-1], -1)
-    assert torch.allclose(entropy[:, 1:], -(probs * probs.log()).sum(-1), atol=1e-4)
-    out[attn.bool()].sum().backward()
+    assert torch.all(out[:, 1:][~scored] == 0) and torch.all(entropy[:, 1:][~scored] == 0)
+    assert torch.allclose(out[:, 1:][scored], expected[scored], atol=1e-5)
+    probs = torch.softmax(logits, -1)
+    assert torch.allclose(entropy[:, 1:][scored], -(probs * probs.log()).sum(-1)[scored], atol=1e-4)
+    # the padding after a row's end changes nothing scored; cross_entropy gives the same log-probs
+    alone = model.logprobs(policy, ids[1:, :20], mask[1:, :20])
+    assert torch.allclose(out[1:, :20], alone, atol=1e-5)
+    assert torch.allclose(model.logprobs(policy, ids, mask), out, atol=1e-6)
+    out.sum().backward()
     assert policy.lm_head.weight.grad is not None and policy.model.embed_tokens.weight.grad.abs().sum() > 0
     policy.zero_grad(set_to_none=True)
 
@@ -514,6 +539,6 @@ def test_collate_right_pads_and_aligns_masks_with_logprobs():
                       text="", calls=[], turns=1, finished=False)
     batch = model.collate([a, b], pad_id=0)
     assert batch["ids"].tolist() == [[5, 6, 7, 8], [5, 6, 9, 0]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+    assert batch["lengths"].tolist() == [4, 3]
     assert batch["loss_mask"].tolist() == [[0, 0, 1, 1], [0, 0, 1, 0]]
     assert batch["old_logprobs"].tolist() == [[0, 0, -1, -2], [0, 0, -3, 0]]

@@ -63,7 +63,7 @@ def test_sft_lowers_the_loss_and_writes_a_run(warm):
 def test_sft_trains_only_the_assistant_tokens(warm):
     policy, tok = model.load(warm)
     record = files.load_records("data/hidden/train.jsonl")[0]
-    ids, attn, mask = sft.batch([model.encode(tok, record["teacher"]["messages"], tools.schemas())], tok.pad_token_id, "cpu")
+    ids, mask = sft.batch([model.encode(tok, record["teacher"]["messages"], tools.schemas())], tok.pad_token_id, "cpu")
     trained = tok.decode(ids[0][mask[0] == 1])
     assert "<tool_call>" in trained and "\\boxed{" + record["answer"] + "}" in trained
     assert record["question"] not in trained and tasks.SYSTEM_PROMPT not in trained
@@ -83,36 +83,45 @@ def test_masked_tokens_get_no_gradient():
     assert (logp.grad[mask == 1] != 0).all()
 
 
-def test_grpo_steps_raise_the_mean_reward_on_a_toy_problem(warm):
-    """The loss functions and rollouts of rl.py on a toy reward: the share of '7' digits in
-    a short answer. A few GRPO steps must raise it clearly."""
-    torch.manual_seed(0)
+def toy_grpo(warm: str, seed: int, steps: int = 16, lr: float = 1e-3) -> list[float]:
+    """The smallest complete GRPO: rl.py's advantages, clipped loss and KL on the tiny student's
+    rollouts, with a toy reward (how many of the 12 tokens of a short answer are the digit 7).
+    Returns the mean reward of each step."""
+    torch.manual_seed(seed)
     policy, tok = model.load(warm)
     ref, _ = model.load(warm)
-    opt = torch.optim.AdamW(policy.parameters(), lr=3e-3)
+    opt = torch.optim.AdamW(policy.parameters(), lr=lr)
     prompts = [tasks.prompt("Say a number.")] * 4
     G = 8
 
-    def toy_rewards(rollouts):
-        return torch.tensor([sum(ch == "7" for ch in r.text) / max(1, sum(ch.isdigit() for ch in r.text))
-                             for r in rollouts])
+    def toy_rewards(rollouts):  # the share of 7s among the digits would reward saying no digit at all
+        return torch.tensor([sum(ch == "7" for ch in r.text) / 12 for r in rollouts])
 
     history = []
-    for step in range(12):
+    for step in range(steps):
         with torch.no_grad():
-            rollouts = model.rollout(policy, tok, prompts, None, n=G, max_turns=1, max_tokens=12, seed=step)
+            rollouts = model.rollout(policy, tok, prompts, None, n=G, max_turns=1, max_tokens=12,
+                                     seed=seed * 1000 + step)
         rewards = toy_rewards(rollouts)
         history.append(rewards.mean().item())
         data = model.collate(rollouts, tok.pad_token_id)
-        ref_logp = rl.batched_logprobs(ref, data, torch.arange(len(rollouts)), 64, 1.0)
-        logp = model.logprobs(policy, data["ids"], data["attention_mask"])
-        pg, _ = rl.policy_loss(logp, logp.detach(), rl.grpo_advantages(rewards, G))
         mask = data["loss_mask"]
+        ref_logp = rl.batched_logprobs(ref, data, torch.arange(len(rollouts)), 64, 1.0)
+        logp = model.logprobs(policy, data["ids"], mask)
+        pg, _ = rl.policy_loss(logp, logp.detach(), rl.grpo_advantages(rewards, G))
         loss = rl.token_sum(pg + 0.001 * rl.kl_penalty(logp, ref_logp), mask) / mask.sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert sum(history[-3:]) / 3 > sum(history[:3]) / 3 + 0.15
+    return history
+
+
+def test_grpo_steps_raise_the_mean_reward_on_a_toy_problem(warm):
+    """16 steps raise the toy reward clearly: over 12 seeds and torch's default, AVX2 and
+    AVX-512 kernels the last four steps' mean beat the first four's by FILL at the least
+    (tests/seeds.py)."""
+    history = toy_grpo(warm, seed=0)
+    assert sum(history[-4:]) / 4 > sum(history[:4]) / 4 + 0.15
 
 
 RL_FLAGS = ["--init", "runs/warm", "--prompts", "2", "--group", "4", "--max-tokens", "96", "--minibatch", "1",
@@ -291,11 +300,13 @@ def test_micro_batches_change_memory_not_the_update(warm):
     logs, weights = [], []
     for micro in ("8", "1"):
         out = f"runs/micro{micro}"
-        rl.train(rl.parse_args(RL_FLAGS + ["--steps", "2", "--micro-batch", micro, "--out", out]))
+        # an entropy bonus: a gradient well above rounding even where every group's rewards tie
+        rl.train(rl.parse_args(RL_FLAGS + ["--steps", "2", "--micro-batch", micro, "--out", out,
+                                           "--entropy-coef", "0.05"]))
         logs.append(read_log(f"{out}/metrics.jsonl"))
         weights.append(model.load(out)[0].state_dict())
     for a, b in zip(*logs):  # the gradient's norm (before clipping) sees any change of scale
-        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+        assert a["grad_norm"] > 1e-3 and a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-7)
     assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-5) for k in weights[0])
 
