@@ -21,7 +21,9 @@ import os
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from functools import partial
 
 import torch
 
@@ -102,14 +104,26 @@ def run_method(condition: str, method: str, seed: int, warm: str, args: argparse
     return run.out
 
 
-def run_all(fn, jobs: list[tuple], workers: int) -> list:
-    """fn(*job) for every job, in order: here, or in `workers` processes at once."""
+def run_all(warm_start: Callable, method: Callable, pairs: list[tuple[str, int]], methods: list[str],
+            workers: int) -> tuple[dict, dict]:
+    """warm_start(condition, seed) for every pair, and method(condition, name, seed, its warm
+    start's result) for every method of each: here, or in `workers` processes at once, where a
+    pair's methods are queued as soon as its warm start is done, in the order of `methods` (the
+    longest first, so that no process idles at the end while another works). Returns
+    ({pair: warm start's result}, {(condition, name, seed): method's result})."""
     if workers == 1:
-        return [fn(*job) for job in jobs]
+        warms = {pair: warm_start(*pair) for pair in pairs}
+        return warms, {(c, m, s): method(c, m, s, warms[c, s]) for c, s in pairs for m in methods}
     # spawn, not fork: a forked child inherits torch's thread pools (and CUDA) half-initialised
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        return list(pool.map(fn, *zip(*jobs)))
+        started = {pool.submit(warm_start, *pair): pair for pair in pairs}
+        warms, runs = {}, {}
+        for future in as_completed(started):
+            c, s = started[future]
+            warms[c, s] = future.result()
+            runs.update({(c, m, s): pool.submit(method, c, m, s, warms[c, s]) for m in methods})
+        return warms, {key: future.result() for key, future in runs.items()}
 
 
 # ------------------------------------------------------------------------------- the gate
@@ -246,15 +260,14 @@ def main() -> None:
                 sft.finished_run(warm)
                 for method in args.methods:
                     sft.finished_run(method_args(condition, method, seed, warm.out, args))
-        # Every method of a seed starts from that seed's warm start, so those come first.
+        # Every method of a seed starts from that seed's warm start; GRPO runs take longest.
         pairs = [(c, seed) for c in args.conditions for seed in seeds]
-        warms = dict(zip(pairs, run_all(run_warm, [(c, seed, args) for c, seed in pairs], args.jobs)))
-        jobs = [(c, m, seed, warms[c, seed], args) for c, seed in pairs for m in args.methods]
-        folders = run_all(run_method, jobs, args.jobs)
+        longest_first = sorted(args.methods, key=lambda m: METHODS.get(m, m) is None)
+        warms, folders = run_all(partial(run_warm, args=args), partial(run_method, args=args), pairs, longest_first,
+                                 args.jobs)
     except (files.DataError, student.ModelError) as e:
         sys.exit(f"error: {e}")
-    runs = {c: {"warm": [warms[c, s] for s in seeds],
-                **{m: [f for (jc, jm, *_), f in zip(jobs, folders) if (jc, jm) == (c, m)] for m in args.methods}}
+    runs = {c: {"warm": [warms[c, s] for s in seeds], **{m: [folders[c, m, s] for s in seeds] for m in args.methods}}
             for c in args.conditions}
     results, table = report(runs)
     minutes = (time.time() - t0) / 60

@@ -143,25 +143,28 @@ class LeanDecoder:
         self._park(range(len(self.samples)))
         kept = [self.parked.get(s) for s in samples]
         self.parked = {}  # a conversation that does not go on now never will
-        counts = [0 if k is None else k[0].shape[2] for k in kept]
-        new = [row[count:] for row, count in zip(ids, counts)]
-        cached, width = max(counts), max(len(row) for row in new)
+        counts = torch.tensor([0 if k is None else len(k[0]) for k in kept])
+        new = [row[count:] for row, count in zip(ids, counts.tolist())]
+        cached, width = int(counts.max()), max(len(row) for row in new)
         self._rotary(max(map(len, ids)) + room)
         device = self.valid.device
         self.keys = self.values = None  # free the old buffers before making the new ones
         shape = (len(self.layers), len(samples), self.kv_heads, cached + width + room, self.head_dim)
         self.keys = torch.empty(shape, dtype=self.dtype, device=device)
         self.values = torch.empty_like(self.keys)
-        self.valid = torch.zeros(len(samples), shape[3], dtype=torch.bool, device=device)
-        # Right-aligned, so the holes are on the left, like padding. Holes hold zeros: a masked key
-        # gets weight 0, but 0 times the NaN that uninitialised memory may hold is NaN.
-        self.keys[:, :, :, :cached], self.values[:, :, :, :cached] = 0, 0
-        for r, k in enumerate(kept):
-            if k is not None:
-                self.keys[:, r, :, cached - counts[r]:cached], self.values[:, r, :, cached - counts[r]:cached] = k
-                self.valid[r, cached - counts[r]:cached] = True
+        # Each kept conversation right-aligned in the first `cached` columns, so the holes are on
+        # the left, like padding. Holes hold zeros: a masked key gets weight 0, but 0 times the
+        # NaN that uninitialised memory may hold is NaN.
+        self.valid = (torch.arange(shape[3]) >= cached - counts[:, None]) & (torch.arange(shape[3]) < cached)
+        self.valid = self.valid.to(device)
+        holes = (~self.valid[:, :cached]).nonzero(as_tuple=True)
+        self.keys[:, holes[0], :, holes[1]], self.values[:, holes[0], :, holes[1]] = 0, 0
+        if cached:
+            filled = self.valid.nonzero(as_tuple=True)  # row by row, in column order: as kept
+            self.keys[:, filled[0], :, filled[1]] = torch.cat([k for k, _ in filter(None, kept)])
+            self.values[:, filled[0], :, filled[1]] = torch.cat([v for _, v in filter(None, kept)])
         self.samples, self.length = list(samples), cached
-        self.pos = torch.tensor(counts, device=device)
+        self.pos = counts.to(device)
         tokens = torch.zeros(len(new), width, dtype=torch.long)
         valid = torch.zeros(len(new), width, dtype=torch.bool)
         for r, row in enumerate(new):
@@ -201,10 +204,14 @@ class LeanDecoder:
 
     def _park(self, rows) -> None:
         """Keep the keys and values of the conversations in batch rows `rows`: only the columns
-        that hold their tokens, in order."""
-        for r in rows:
-            columns = self.valid[r, :self.length].nonzero().squeeze(1)
-            self.parked[self.samples[r]] = (self.keys[:, r][:, :, columns], self.values[:, r][:, :, columns])
+        that hold their tokens, in order, as [tokens, layers, kv_heads, head_dim]."""
+        rows = torch.as_tensor(list(rows), dtype=torch.long, device=self.valid.device)
+        held = self.valid[rows, :self.length]
+        which, columns = held.nonzero(as_tuple=True)  # row by row, in column order
+        counts = held.sum(1).tolist()
+        keys = self.keys[:, rows[which], :, columns].split(counts)
+        values = self.values[:, rows[which], :, columns].split(counts)
+        self.parked.update(zip([self.samples[r] for r in rows.tolist()], zip(keys, values)))
 
     def _rotary(self, positions: int) -> None:
         """The rotary cos/sin [positions, head_dim] of every position below `positions`, from the

@@ -152,7 +152,10 @@ def test_gate_statistics_on_known_rollouts():
                                     "spread": {"mentor": 0.29, "sparse": 0.2}})
 
 
-def test_runs_in_worker_processes_come_back_in_order():
-    # compare.py --jobs 2: spawned workers, one CPU thread each
-    assert compare.run_all(os.path.join, [("a", "1"), ("b", "2"), ("c", "3")], 2) == ["a/1", "b/2", "c/3"]
-    assert compare.run_all(os.path.join, [("a", "1")], 1) == ["a/1"]
+@pytest.mark.parametrize("workers", [1, 2])
+def test_every_warm_start_and_method_runs_here_or_in_worker_processes(workers):
+    # compare.py --jobs 2: spawned workers, one CPU thread each; a method starts from its pair's warm start
+    pairs = [("a", 0), ("b", 1), ("c", 2)]
+    warms, runs = compare.run_all("{}{}".format, "{}.{}.{}<-{}".format, pairs, ["m", "n"], workers)
+    assert warms == {("a", 0): "a0", ("b", 1): "b1", ("c", 2): "c2"}
+    assert runs == {(c, m, s): f"{c}.{m}.{s}<-{c}{s}" for c, s in pairs for m in ("m", "n")}

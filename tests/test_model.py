@@ -480,6 +480,12 @@ def test_decoder_logits_equal_a_full_transformers_forward_across_turns(rope, lea
             check(decoder.step(tokens, torch.ones(2, dtype=torch.bool)), [2, 1])
 
 
+def test_rows_leave_a_batch_by_moving_the_last_ones_into_the_gaps():
+    order, gaps, movers = engine.fill_gaps(torch.tensor([True, False, True, False, False, True, False]))
+    assert order.tolist() == [4, 1, 6, 3] and gaps.tolist() == [0, 2] and movers.tolist() == [4, 6]
+    assert engine.fill_gaps(torch.tensor([False, True]))[0].tolist() == [0]  # only the last left: nothing moves
+
+
 def test_lean_forward_only_where_it_is_exact():
     assert engine.lean_ok(tiny_qwen2())
     assert not engine.lean_ok(tiny_qwen2(use_sliding_window=True, sliding_window=4, max_window_layers=0))
