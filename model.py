@@ -606,8 +606,14 @@ def _hidden_states(model, ids: torch.Tensor, rows: torch.Tensor, cols: torch.Ten
         seen[i, width - len(prompt):] = 1
     shared = model.model(input_ids=heads, attention_mask=seen, position_ids=(seen.cumsum(-1) - 1).clamp(min=0),
                          use_cache=True)
+    # Each row's copy of its prompt's keys and values, as a product with a one-hot matrix rather
+    # than an index: the backward of an index that repeats rows adds their gradients in an order
+    # that depends on thread timing (two runs would differ), a matmul's in a fixed one.
+    pick = torch.nn.functional.one_hot(which, len(distinct))
+    share = lambda x: torch.einsum("bn,n...->b...", pick.to(x.dtype), x)  # noqa: E731
     cache = shared.cache
-    cache.batch_select_indices(which)
+    for layer in cache.layers:
+        layer.keys, layer.values = share(layer.keys), share(layer.values)
     # The rest of each row, right-padded, at the positions after its prompt.
     start = prompts.to(ids.device)
     rest = int((ids.shape[1] - start).max())
@@ -616,7 +622,7 @@ def _hidden_states(model, ids: torch.Tensor, rows: torch.Tensor, cols: torch.Ten
     after = model.model(input_ids=tails, attention_mask=torch.cat([seen[which], torch.ones_like(tails)], 1),
                         position_ids=start[:, None] + offsets, cache=cache, use_cache=True)
     # Position t's state: the shared prompt's last one where t is a row's last prompt token.
-    last = shared.last_hidden_state[which, -1]
+    last = share(shared.last_hidden_state[:, -1])
     inside = cols >= start[rows]
     states = after.last_hidden_state[rows, (cols - start[rows]).clamp(min=0)]
     return torch.where(inside[:, None], states, last[rows])

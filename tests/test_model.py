@@ -538,6 +538,32 @@ def test_logprobs_score_the_masked_tokens_and_carry_gradients(qwen, monkeypatch,
     policy.zero_grad(set_to_none=True)
 
 
+def test_rows_sharing_a_prompt_read_it_once_and_score_the_same(qwen):
+    policy, tok = qwen
+    torch.manual_seed(0)
+    prompts = {8: torch.randint(0, len(tok), (8,)), 11: torch.randint(0, len(tok), (11,))}
+    lengths = torch.tensor([8, 8, 11, 8, 11, 11])  # each row's prompt: two prompts, three rows each
+    ids = torch.randint(0, len(tok), (6, 30))
+    mask = torch.zeros(6, 30)
+    for row, (n, end) in enumerate(zip(lengths.tolist(), [30, 20, 25, 14, 30, 12])):
+        ids[row, :n] = prompts[n]
+        mask[row, n:end] = 1  # the first scored token is predicted by the prompt's last state
+    forwarded = []
+    hook = policy.model.embed_tokens.register_forward_hook(lambda m, args, out: forwarded.append(args[0].shape))
+    grads = []
+    for shared in (None, lengths):
+        out, entropy = model.logprobs(policy, ids, mask, with_entropy=True, prompts=shared)
+        (out.sum() + entropy.sum()).backward()
+        grads.append([p.grad.clone() for p in policy.parameters()])
+        policy.zero_grad(set_to_none=True)
+        if shared is None:
+            plain, plain_entropy = out, entropy
+    hook.remove()
+    assert forwarded == [(6, 30), (2, 11), (6, 22)]  # the two prompts once, then each row's rest
+    assert torch.allclose(out, plain, atol=1e-5) and torch.allclose(entropy, plain_entropy, atol=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(*grads))
+
+
 def test_collate_right_pads_and_aligns_masks_with_logprobs():
     a = model.Rollout(ids=[5, 6, 7, 8], mask=[0, 0, 1, 1], logprobs=[0.0, 0.0, -1.0, -2.0], prompt_len=2,
                       text="", calls=[], turns=1, finished=True)
