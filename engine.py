@@ -23,6 +23,7 @@ so this file imports nothing of model.py.
 import argparse
 import sys
 import time
+from contextlib import nullcontext
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2ForCausalLM
@@ -52,29 +53,43 @@ def _norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.rms_norm(x, (x.shape[-1],), norm.weight, norm.variance_epsilon)
 
 
-def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
             scale: float) -> torch.Tensor:
     """Attention of queries q [B, heads, T, head_dim] over keys and values [B, kv_heads, L, head_dim]
-    (grouped-query: query head h reads KV head h // (heads / kv_heads)). For a prefill (T > 1)
-    `mask` is boolean [B, 1, T, L], True where a query sees a key; for a decode step it is the
-    additive bias [B * kv_heads, 1, L] of _decode_bias. Returns [B, heads, T, head_dim]."""
-    if q.shape[2] > 1:  # a prefill: SDPA's fused kernels
-        return torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale,
-                                                                enable_gqa=q.shape[1] > keys.shape[1])
-    # A decode step: two batched matmuls, the query heads that share a KV head stacked as rows,
-    # scale and mask folded into the first. On CPU this takes ~40% less time than SDPA's flash
-    # kernel, which is slow for a single query, and ~25% less than masked_fill and a scale.
-    batch, heads, _, dim = q.shape
-    scores = torch.baddbmm(mask, q.reshape(-1, heads // keys.shape[1], dim), keys.flatten(0, 1).transpose(1, 2),
-                           alpha=scale)
-    return (scores.softmax(-1) @ values.flatten(0, 1)).view(batch, heads, 1, dim)
+    (grouped-query: query head h reads KV head h // group, group = heads / kv_heads), with the
+    additive mask `bias` of _bias (0 where a query sees a key, -inf elsewhere). Returns
+    [B, heads, T, head_dim].
+
+    SDPA always gets as many key and value heads as query heads: CUDA's flash kernel takes no
+    mask and its memory-efficient one no unequal head counts, so enable_gqa with a mask would
+    fall to the math kernel and its float32 scores [B, heads, T, L]. A prefill repeats this
+    layer's keys and values for every query head (a copy of T x heads x head_dim per row,
+    where stacking the queries instead would repeat the [T, L] mask); a decode step stacks
+    the query heads that share a KV head as that head's queries, [B, kv_heads, group,
+    head_dim], and copies nothing. The fused kernels keep scores and softmax in float32
+    whatever the inputs' dtype, as transformers' SDPA attention does."""
+    batch, heads, width, dim = q.shape
+    group = heads // keys.shape[1]
+    if width > 1:
+        if group > 1:
+            keys, values = keys.repeat_interleave(group, 1), values.repeat_interleave(group, 1)
+        return torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=scale)
+    stacked = q.view(batch, keys.shape[1], group, dim)
+    if bias.dim() == 3:  # on CPU, two batched matmuls, scale and mask folded into the first: ~40% less
+        # time than SDPA's CPU flash kernel, which is slow for a few queries
+        scores = torch.baddbmm(bias, stacked.flatten(0, 1), keys.flatten(0, 1).transpose(1, 2), alpha=scale)
+        out = scores.softmax(-1) @ values.flatten(0, 1)
+    else:
+        out = torch.nn.functional.scaled_dot_product_attention(stacked, keys, values, attn_mask=bias, scale=scale)
+    return out.view(batch, heads, 1, dim)
 
 
-def _decode_bias(seen: torch.Tensor, kv_heads: int, dtype: torch.dtype) -> torch.Tensor:
-    """The additive attention mask of a decode step, once for all layers: 0 where `seen`
-    [B, L] is True, -inf elsewhere, one row per (batch row, KV head): [B * kv_heads, 1, L]."""
-    bias = torch.zeros(seen.shape, dtype=dtype, device=seen.device).masked_fill_(~seen, float("-inf"))
-    return bias.repeat_interleave(kv_heads, dim=0)[:, None]
+def _bias(sees: torch.Tensor, kv_heads: int, dtype: torch.dtype, decode_on_cpu: bool) -> torch.Tensor:
+    """The additive attention mask of one forward, built once for all layers from `sees`
+    [B, T, L] (True where query t sees key l): [B, 1, T, L] for SDPA; for a decode step on CPU,
+    [B x kv_heads, 1, L] for baddbmm, one row per (batch row, KV head)."""
+    bias = torch.zeros(sees.shape, dtype=dtype, device=sees.device).masked_fill_(~sees, float("-inf"))
+    return bias.repeat_interleave(kv_heads, dim=0) if decode_on_cpu else bias[:, None]
 
 
 def fill_gaps(gone: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -236,11 +251,12 @@ class LeanDecoder:
         cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
         hidden = self.model.model.embed_tokens(ids)
         if width == 1:  # a decode step: the new token sees every token of its row so far
-            mask = _decode_bias(seen, self.kv_heads, self.dtype)
+            sees = seen[:, None]
         else:  # query i sees the row's tokens up to start + i; padding queries see all earlier keys, so
             # no row of the mask is empty (an empty row gives NaN, which the padding's keys would carry on)
             causal = torch.ones(width, end, dtype=torch.bool, device=ids.device).tril(start)
-            mask = (causal & (seen[:, None, :] | ~valid[:, :, None]))[:, None]
+            sees = causal & (seen[:, None, :] | ~valid[:, :, None])
+        bias = _bias(sees, self.kv_heads, self.dtype, decode_on_cpu=width == 1 and ids.device.type == "cpu")
         sizes = [self.heads * self.head_dim] + [self.kv_heads * self.head_dim] * 2
         for i, layer in enumerate(self.layers):
             norm1, norm2 = layer["norms"]
@@ -249,7 +265,7 @@ class LeanDecoder:
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
             self.keys[i, :, :, start:end] = k
             self.values[i, :, :, start:end] = v
-            out = _attend(q.to(self.dtype), self.keys[i, :, :, :end], self.values[i, :, :, :end], mask,
+            out = _attend(q.to(self.dtype), self.keys[i, :, :, :end], self.values[i, :, :, :end], bias,
                           layer["scaling"])
             hidden = hidden + _linear(out.transpose(1, 2).reshape(batch, width, -1), layer["o"])
             gate, up = _linear(_norm(norm2, hidden), layer["gate_up"]).chunk(2, dim=-1)
@@ -271,20 +287,21 @@ def _lean_greedy(model, prompts: list[list[int]], n: int, steps: int) -> tuple[t
     dropped halfway (rows leave the batch as their samples stop). Returns the numbers of the
     rows kept to the end [rows] (row r samples prompt r // n), their tokens and log-probs
     [rows, steps], and how many tokens were decoded."""
+    device = model.device
     decoder, samples = LeanDecoder(model), list(range(len(prompts) * n))
     logits = decoder.extend(samples[::n], prompts, steps).repeat_interleave(n, 0)
-    decoder.keep(torch.arange(len(prompts)).repeat_interleave(n), samples)
-    rows = torch.arange(len(samples))
+    decoder.keep(torch.arange(len(prompts), device=device).repeat_interleave(n), samples)
+    rows = torch.arange(len(samples), device=device)
     tokens, logps = [], []
     for t in range(steps):
         if t == steps // 2:
-            left = decoder.drop(torch.arange(len(rows)) % 2 == 1)
+            left = decoder.drop(torch.arange(len(rows), device=device) % 2 == 1)
             logits, rows = logits[left], rows[left]
             tokens, logps = [x[left] for x in tokens], [x[left] for x in logps]
         logp = logits.log_softmax(-1)
         tokens.append(logp.argmax(-1))
         logps.append(logp.gather(1, tokens[-1][:, None])[:, 0])
-        logits = decoder.step(tokens[-1], torch.ones(len(rows), dtype=torch.bool))
+        logits = decoder.step(tokens[-1], torch.ones(len(rows), dtype=torch.bool, device=device))
     decoded = len(samples) * (steps // 2) + len(rows) * (steps - steps // 2)
     return rows, torch.stack(tokens, 1), torch.stack(logps, 1), decoded
 
@@ -292,24 +309,47 @@ def _lean_greedy(model, prompts: list[list[int]], n: int, steps: int) -> tuple[t
 @torch.inference_mode()
 def _generate_greedy(model, tokenizer, prompts: list[list[int]], n: int, steps: int):
     """The same through transformers' own generate() (the model's forward with its cache),
-    every row to the end: tokens and log-probs [rows, steps or fewer], a mask of the tokens
-    up to each row's first end token (generate pads after it) and how many were decoded."""
-    width = max(len(p) for p in prompts)
+    every row to the end: tokens, their log-probs and the margin of the best log-prob over
+    the second best [rows, steps or fewer], a mask of the tokens up to each row's first end
+    token (generate pads after it) and how many were decoded."""
+    width, device = max(len(p) for p in prompts), model.device
     pad = tokenizer.pad_token_id
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts]).repeat_interleave(n, 0)
     attention = torch.tensor([[i >= width - len(p) for i in range(width)] for p in prompts]).repeat_interleave(n, 0)
-    out = model.generate(input_ids=ids, attention_mask=attention.long(), do_sample=False, max_new_tokens=steps,
-                         min_new_tokens=0, output_logits=True, return_dict_in_generate=True, pad_token_id=pad)
+    out = model.generate(input_ids=ids.to(device), attention_mask=attention.long().to(device), do_sample=False,
+                         max_new_tokens=steps, min_new_tokens=0, output_logits=True, return_dict_in_generate=True,
+                         pad_token_id=pad)
     tokens = out.sequences[:, width:]
-    logps = torch.stack(out.logits, 1).float().log_softmax(-1)[:, :tokens.shape[1]].gather(2, tokens[..., None])[..., 0]
-    ends = torch.isin(tokens, torch.tensor(model.generation_config.eos_token_id or [])).long()
+    logp = torch.stack(out.logits, 1).float().log_softmax(-1)[:, :tokens.shape[1]]
+    best = logp.topk(2, dim=-1).values
+    ends = torch.isin(tokens, torch.tensor(model.generation_config.eos_token_id or [], device=device)).long()
     kept = ends.cumsum(1) - ends == 0  # up to and including the first end token
-    return tokens, logps, kept, tokens.numel()
+    return tokens, logp.gather(2, tokens[..., None])[..., 0], best[..., 0] - best[..., 1], kept, tokens.numel()
+
+
+def agreement(tokens: torch.Tensor, logps: torch.Tensor, margins: torch.Tensor, kept: torch.Tensor,
+              lean_tokens: torch.Tensor, lean_logps: torch.Tensor, tolerance: float) -> tuple[int, int, float]:
+    """How two greedy decodes of the same rows agree ([rows, steps] each: generate()'s tokens,
+    log-probs, best-over-second margins and `kept` mask, the lean tokens and log-probs).
+    A row may part from generate() only at a near tie, where generate()'s two best log-probs
+    are within 2 x `tolerance` (rounding may swap them; after that the rows read different
+    text). Returns (rows that part elsewhere, rows that part at a near tie, the largest
+    log-prob gap over the tokens before any parting)."""
+    differs = (tokens != lean_tokens) & kept
+    parts = differs.any(1)
+    first = torch.where(parts, differs.int().argmax(1), tokens.shape[1])
+    tie = margins.gather(1, first.clamp(max=tokens.shape[1] - 1)[:, None])[:, 0] <= 2 * tolerance
+    before = kept & (torch.arange(tokens.shape[1], device=tokens.device) < first[:, None])
+    gap = (logps - lean_logps).abs()[before].max().item() if before.any() else 0.0
+    return int((parts & ~tie).sum()), int((parts & tie).sum()), gap
 
 
 PROMPTS = ["What is 2 plus 3?", "A box holds 113 pens. How many pens are in 18 boxes?",
            "Tom has 250 cups and sells 75. How many are left?", "What is the area of a square of side 12?"]
-TOLERANCE = 1e-4  # the largest log-prob gap allowed: float32 sums in another order, nothing more
+# The largest log-prob gap allowed. CPU, float32: sums in another order, nothing more. CUDA,
+# bf16 under autocast, as rollouts run: both forwards round every matmul's output to bf16 (a
+# relative step of 2^-8; the logits themselves to 0.125 past 16), each after its own kernels.
+TOLERANCE = {"cpu": 1e-4, "cuda": 0.25}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -317,9 +357,14 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Check the lean forward against transformers' generate().")
     ap.add_argument("--model", default="runs/tiny/checkpoint",
                     help="HF model name or folder (default: the tiny default, built by python sft.py or rl.py)")
+    ap.add_argument("--device", default="cpu", help="cpu (float32), or cuda: float32 weights under bf16 "
+                                                    "autocast, as rl.py's rollouts run")
     args = ap.parse_args(argv)
+    if args.device not in TOLERANCE or (args.device == "cuda" and not torch.cuda.is_available()):
+        sys.exit(f"error: --device {args.device}: cpu, or cuda on a machine with a CUDA GPU that torch can use")
+    device = torch.device(args.device)
     try:
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(args.model)
     except Exception as e:  # missing, truncated or foreign files raise many kinds of error
         sys.exit(f"error: cannot load '{args.model}': {(str(e).strip().splitlines() or [type(e).__name__])[0]}")
@@ -328,25 +373,32 @@ def main(argv: list[str] | None = None) -> None:
         return
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
                                              tokenize=True, return_dict=True)["input_ids"] for q in PROMPTS]
-    n, steps = 16, 128
+    n, steps, cuda = 16, 128, device.type == "cuda"
+    precision = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
     print(f"engine check: {args.model}, {len(prompts)} prompts x {n} rows, {steps} greedy tokens each, "
-          f"cpu, {torch.get_num_threads()} thread(s)")
+          + ("cuda, bf16 autocast" if cuda else f"cpu, {torch.get_num_threads()} thread(s)"))
     rates, results = {}, {}
     for name, run in [("generate()", lambda: _generate_greedy(model, tokenizer, prompts, n, steps)),
                       ("lean forward", lambda: _lean_greedy(model, prompts, n, steps))]:
-        run()  # warm-up
-        start = time.perf_counter()
-        results[name] = run()
+        with precision:
+            run()  # warm-up
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            results[name] = run()
+            if cuda:
+                torch.cuda.synchronize()
         rates[name] = results[name][-1] / (time.perf_counter() - start)
         print(f"  {name:14s} {rates[name]:8.0f} tokens/s")
     print(f"  speed-up {rates['lean forward'] / rates['generate()']:.2f}x")
-    (tokens, logps, kept, _), (rows, lean_tokens, lean_logps, _) = results.values()
-    tokens, logps, kept = tokens[rows], logps[rows], kept[rows]  # the rows the lean decoder kept
+    (tokens, logps, margins, kept, _), (rows, lean_tokens, lean_logps, _) = results.values()
+    tokens, logps, margins, kept = tokens[rows], logps[rows], margins[rows], kept[rows]  # the rows kept to the end
     width = tokens.shape[1]
-    lean_tokens, lean_logps = lean_tokens[:, :width], lean_logps[:, :width]
-    gap = (logps - lean_logps).abs()[kept].max().item()
-    checks = {"same greedy tokens up to each row's end": torch.equal(tokens[kept], lean_tokens[kept]),
-              f"log-probs within {TOLERANCE:g} (largest gap {gap:.1e})": gap <= TOLERANCE}
+    tolerance = TOLERANCE[device.type]
+    wrong, ties, gap = agreement(tokens, logps, margins, kept, lean_tokens[:, :width], lean_logps[:, :width],
+                                 tolerance)
+    checks = {f"same greedy tokens up to each row's end ({ties} of {len(rows)} rows part at a near tie)": wrong == 0,
+              f"log-probs within {tolerance:g} (largest gap {gap:.1e})": gap <= tolerance}
     for what, ok in checks.items():
         print(f"  {'ok  ' if ok else 'FAIL'} {what}")
     if not all(checks.values()):

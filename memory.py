@@ -10,7 +10,8 @@ output: bf16 under CUDA autocast, float32 on CPU):
     weights          the policy's float32 master weights: 4 P
     gradients        float32, one per weight, kept from one update to the next: 4 P
     adamw            AdamW's two float32 moments: 8 P
-    reference        the frozen starting policy: bf16 on CUDA (2 P), float32 on CPU (4 P)
+    reference        the frozen starting policy: float32 on CPU (4 P); on CUDA its linear layers in
+                     bf16, the embeddings float32: 2 P + 2 V h
     cuda context     (CUDA) the CUDA context and torch's kernels, outside what the allocator counts: 1 GiB
   rollouts (rows: every prompt x group of a rollout call; an evaluation decodes as many problems):
     decoder weights  the decoder's copy of the weights it multiplies by, made once per rollout: on
@@ -24,9 +25,12 @@ output: bf16 under CUDA autocast, float32 on CPU):
                      the new buffers while the old ones still exist; the conversations that leave the
                      batch keep their keys and values for the next turn, at most one more
     prefill          one layer's forward over an evaluation's prompts at once (later turns forward
-                     only the new tokens), 20 h + 3 a i + (1 + a) prompt bytes a token
-    sampling         rows x V x 48 (64 on CUDA): the logits, log-probs, the top-k cut, probabilities,
-                     the sorted copy with its int64 order and the float64 CDF of every row
+                     only the new tokens), 20 h + 3 a i bytes a token, the layer's keys and values
+                     repeated to every query head (4 a q; engine._attend) and the attention mask, a
+                     bool and an additive a per key (the fused kernels materialise no scores)
+    sampling         rows x V x 16 with top-k: the float32 logits, their copy over the temperature,
+                     the log-probs (top-k and top-p then work on k candidates); without top-k, x 40:
+                     the probabilities, the float64 CDF and, with top-p, the sorted copy and order
   training (one micro-batch of the longest rollouts, B x T tokens):
     autocast copies  (CUDA) the bf16 copy of every weight, kept by the backward: 2 P
     activations      what the backward keeps per token and layer: float32 residuals and norms (16 h),
@@ -76,7 +80,7 @@ def param_count(config: PretrainedConfig) -> int:
 def estimate(config: PretrainedConfig, args: argparse.Namespace, prompt_tokens: int,
              device_type: str) -> dict[str, int]:
     """Peak memory in bytes of rl.py with flags `args` (rollout_batch, group, max_tokens,
-    max_turns, micro_batch, grad_ckpt) on a device of type `device_type` ("cuda" or "cpu"),
+    max_turns, micro_batch, grad_ckpt, top_k) on a device of type `device_type` ("cuda" or "cpu"),
     for a model of `config` and prompts of up to `prompt_tokens` tokens. Returns every term of
     the module docstring, then the phases "rollouts" and "training", and the "total"."""
     cuda = device_type == "cuda"
@@ -91,7 +95,7 @@ def estimate(config: PretrainedConfig, args: argparse.Namespace, prompt_tokens: 
     rows = args.rollout_batch * args.group  # an evaluation decodes as many problems at once
     positions = prompt_tokens + 2 * args.max_tokens if later_turns else T
     kv_cache = rows * positions * L * kv * 2 * a
-    prefill = rows * prompt_tokens * (20 * h + 3 * a * i + (1 + a) * prompt_tokens)  # an evaluation's prompts
+    prefill = rows * prompt_tokens * (20 * h + 3 * a * i + 4 * a * q + (1 + a) * prompt_tokens)  # an evaluation's
 
     packed = h * (q + 2 * kv) + q + 2 * kv + 2 * h * i  # per layer: q, k, v (weights, biases), gate, up
     decoder = 2 * (L * (packed + q * h + h * i) + V * h) if cuda else 4 * L * packed
@@ -102,11 +106,11 @@ def estimate(config: PretrainedConfig, args: argparse.Namespace, prompt_tokens: 
     saved = 4 * h * L + 2 * layer if args.grad_ckpt else (L + 1) * layer
     copies = 2 * P if cuda else 0
     terms = {
-        "weights": 4 * P, "gradients": 4 * P, "adamw": 8 * P, "reference": (2 if cuda else 4) * P,
+        "weights": 4 * P, "gradients": 4 * P, "adamw": 8 * P, "reference": 2 * P + 2 * V * h if cuda else 4 * P,
         "cuda context": GiB if cuda else 0,
         "autocast copies": copies, "decoder weights": decoder,
         "kv cache": kv_cache, "kv copy": kv_cache, "prefill": prefill,
-        "sampling": rows * V * (64 if cuda else 48),
+        "sampling": rows * V * (16 if args.top_k else 40),
         "activations": B * T * (saved + rest),
         "logprob chunk": min(student.LOGPROB_CHUNK, B * args.max_tokens * V) * 18,
         "vocab gradients": V * h * 12,

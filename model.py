@@ -139,7 +139,10 @@ def load(name_or_path: str | None = None, device: str | torch.device = "cpu", co
     `compile=True` compiles the transformer stack for the training passes (logprobs; worth
     it on GPU); rollouts decode eagerly, since their shapes change at every step.
     `frozen=True` loads a model that is never trained (RL's reference): no gradients, and
-    on CUDA bf16 weights, half the memory of float32.
+    on CUDA its linear layers in bf16 (about half the memory of float32). Autocast casts the
+    policy's float32 weights to bf16 for the same matmuls and keeps the rest (embeddings,
+    norms, the residual stream) float32 in both, so at the first step reference and policy
+    compute the same numbers.
     Raises ModelError with one line when the files are missing or unusable, or the device is."""
     try:
         device = torch.device(device)
@@ -154,8 +157,7 @@ def load(name_or_path: str | None = None, device: str | torch.device = "cpu", co
         name_or_path = TINY_PATH
     name_or_path = checkpoint_dir(name_or_path) or name_or_path  # a run folder, or a model
     try:
-        dtype = torch.bfloat16 if frozen and device.type == "cuda" else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except Exception as e:  # missing, truncated or foreign files raise many kinds of error
         if not os.path.isdir(name_or_path):
@@ -171,9 +173,20 @@ def load(name_or_path: str | None = None, device: str | torch.device = "cpu", co
     model.to(device).eval()
     if frozen:
         model.requires_grad_(False)
+        if device.type == "cuda":
+            matmuls_in_bf16(model)
     if compile:
         model.model.compile(dynamic=True)
     return model, tokenizer
+
+
+def matmuls_in_bf16(model) -> None:
+    """Store `model`'s linear layers in bf16, except an output layer tied to the embeddings
+    (the embedding lookup would then give bf16 hidden states, where autocast keeps float32)."""
+    embeddings = model.get_input_embeddings().weight
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module.weight is not embeddings:
+            module.to(torch.bfloat16)
 
 
 def is_tiny(tokenizer) -> bool:
@@ -342,21 +355,31 @@ def _decoder(model) -> Decoder:
 
 # ------------------------------------------------------------------- sampling one turn
 
+def _nucleus(logp: torch.Tensor, top_k: int, top_p: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The tokens a sample may draw from the rows of log-probs `logp` [B, V]: the top_k most
+    likely (0: all) and, within those, the smallest set holding top_p of their mass (HF's and
+    vLLM's order). Returns their probabilities, not normalised, 0 for a token cut off, and
+    their vocabulary ids [B, K]; or [B, V] and None when nothing is cut (ids are positions).
+    top-p then sorts only the top_k candidates, which topk already returns in order, not the
+    whole vocabulary (151,936 tokens for Qwen2.5) at every step."""
+    index = None
+    if 0 < top_k < logp.shape[-1]:
+        logp, index = logp.topk(top_k, dim=-1)  # in descending order
+    elif top_p < 1.0:
+        logp, index = logp.sort(dim=-1, descending=True)
+    probs = logp.exp()
+    if top_p < 1.0:  # cut every token after the mass before it reaches top_p
+        probs = probs.masked_fill(probs.cumsum(-1) - probs > top_p * probs.sum(-1, keepdim=True), 0.0)
+    return probs, index
+
+
 def _pick(logp: torch.Tensor, top_k: int, top_p: float, greedy: bool,
           generator: torch.Generator | None) -> torch.Tensor:
     """The next token of each row of log-probs `logp` [B, V] (already divided by the
-    temperature): the argmax, or a sample from the top_k most likely tokens (0: all) and,
-    within those, the smallest set holding top_p of the mass (HF's and vLLM's order)."""
+    temperature): the argmax, or a sample of the top_k, top_p nucleus (_nucleus)."""
     if greedy:
         return logp.argmax(-1)
-    if 0 < top_k < logp.shape[-1]:
-        kth = logp.topk(top_k, dim=-1).values[:, -1:]
-        logp = logp.masked_fill(logp < kth, float("-inf"))
-    probs = logp.exp()
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        outside = sorted_probs.cumsum(-1) - sorted_probs > top_p * sorted_probs.sum(-1, keepdim=True)
-        probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
+    probs, index = _nucleus(logp, top_k, top_p)
     # Inverse-CDF sampling: one uniform number per row, where torch.multinomial draws one per
     # vocabulary entry (~1.5 ms, over a tenth of the tiny model's decode step at batch 64).
     # float64, so even tokens of probability 1e-12 keep their share; a token of probability 0
@@ -364,7 +387,8 @@ def _pick(logp: torch.Tensor, top_k: int, top_p: float, greedy: bool,
     # the index in range then).
     cdf = probs.double().cumsum(-1)
     u = torch.rand(len(cdf), 1, dtype=torch.float64, device=cdf.device, generator=generator) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=cdf.shape[-1] - 1)
+    choice = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[-1] - 1)
+    return (choice if index is None else index.gather(1, choice)).squeeze(1)
 
 
 def end_ids(model, tokenizer) -> list[int]:
@@ -373,6 +397,9 @@ def end_ids(model, tokenizer) -> list[int]:
     declared = model.generation_config.eos_token_id
     declared = declared if isinstance(declared, list) else [] if declared is None else [declared]
     return sorted({tokenizer.eos_token_id, *declared})
+
+
+SYNC_EVERY = 8  # on a GPU, decode steps between looks at how many turns have ended (a host sync each)
 
 
 @torch.inference_mode()
@@ -384,7 +411,8 @@ def _sample_turn(model, decoder: Decoder, samples: list[int], rows: list[list[in
     conversations `samples`, the n of a row adjacent. The n samples of a row share its
     forward (extend); sample i stops at an end token (`ends`) or after `budgets[i]` tokens.
     Stopped samples leave the batch once they are a quarter of it (each removal copies the
-    cache, so it is batched), and cost nothing afterwards.
+    cache, so it is batched), and cost nothing afterwards; on a GPU the count is read every
+    SYNC_EVERY steps, so the host does not wait for the device at every token.
     Returns per sample: (sampled ids, their log-probs under softmax(logits / temperature),
     whether the turn ended with an end token)."""
     device, total, steps = model.device, len(samples), max(budgets)
@@ -410,16 +438,17 @@ def _sample_turn(model, decoder: Decoder, samples: list[int], rows: list[list[in
             logps[live, t] = logp.gather(1, token[:, None]).squeeze(1)
             is_eos = torch.isin(token, ends)
             stop = ~done & (is_eos | (budget[live] <= t + 1))
-            lengths[live[stop]] = t + 1
-            ended[live[stop]] = is_eos[stop]
+            lengths[live] = torch.where(stop, t + 1, lengths[live])  # where(), not stop as an index: no
+            ended[live] = torch.where(stop, is_eos, ended[live])     # wait for the GPU to count the rows
             ours = ~done  # the tokens just sampled belong to their conversations, but where a turn had ended
             done = done | stop
-            n_done = int(done.sum())
-            if n_done == len(live):
-                break
-            if 4 * n_done >= len(live):  # rows whose turn has ended would still cost a forward each step
-                left = decoder.drop(done)
-                live, token, done, ours = live[left], token[left], done[left], ours[left]
+            if device.type == "cpu" or t % SYNC_EVERY == SYNC_EVERY - 1:  # reading a count waits for the GPU
+                n_done = int(done.sum())
+                if n_done == len(live):
+                    break
+                if 4 * n_done >= len(live):  # rows whose turn has ended would still cost a forward each step
+                    left = decoder.drop(done)
+                    live, token, done, ours = live[left], token[left], done[left], ours[left]
             logits = decoder.step(token, ours)
 
     tokens, logps, lengths, ended = tokens.tolist(), logps.tolist(), lengths.tolist(), ended.tolist()

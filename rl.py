@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--init", default=None, help="checkpoint to start from (default: --model, or the tiny warm start)")
     ap.add_argument("--reward", default="mentor", choices=reward.MODES)
     ap.add_argument("--condition", default="hidden", choices=tasks.CONDITIONS,
-                    help="the built-in benchmark that fills an empty --data folder")
+                    help="the built-in benchmark, written to data/CONDITION unless it is there")
     ap.add_argument("--data", default=None, help="folder with train.jsonl, test_id.jsonl, test_ood.jsonl "
                                                  "(default: data/CONDITION)")
     ap.add_argument("--out", default=None, help="run folder (default: runs/rl-REWARD)")
@@ -129,6 +129,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--top-p must be in (0, 1], --beta2 in [0, 1) and --dual-clip above 1")
     if args.prompts % args.minibatch:
         ap.error(f"--prompts ({args.prompts}) must be a multiple of --minibatch ({args.minibatch})")
+    if args.data is not None and teacher.data_error(args.data):
+        ap.error(teacher.data_error(args.data))
     args.data = args.data or os.path.join("data", args.condition)
     args.out = args.out or f"runs/rl-{args.reward}"
     return args
@@ -168,9 +170,11 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Per-token KL(policy || reference), the "k3" estimator exp(d) - d - 1 with
-    d = log ref - log policy, clamped to [-10, 10]: unbiased, always >= 0, and of low variance
-    where the two policies are close (verl's low_var_kl)."""
-    d = ref_logp - logp
+    d = log ref - log policy: unbiased, always >= 0, and of low variance where the two
+    policies are close (verl's low_var_kl). d is clamped to [-20, 20] before exp, which would
+    overflow to inf past 88 (and 0 x inf is NaN in the backward, even where the mask is 0),
+    and the result to [-10, 10], in verl's order."""
+    d = (ref_logp - logp).clamp(-20, 20)
     return (torch.exp(d) - d - 1).clamp(-10, 10)
 
 
@@ -194,14 +198,18 @@ def trim(data: dict, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, to
     return data["ids"][rows, :width], data["loss_mask"][rows, :width], data["prompts"][rows]
 
 
-def batched_logprobs(policy, data: dict, rows: torch.Tensor, size: int, temperature: float) -> torch.Tensor:
-    """logprobs() of the batch rows `rows`, `size` rows at a time, without gradients: [B, T]
-    like the batch, 0 in the other rows."""
+def batched_logprobs(policy, data: dict, minibatches: list[torch.Tensor], size: int,
+                     temperature: float) -> torch.Tensor:
+    """logprobs() of the batch rows of `minibatches`, without gradients, in the micro-batches
+    (`size` rows) that the updates of those mini-batches use: [B, T] like the batch, 0 in the
+    other rows. The same rows in the same micro-batches run the same kernels on the same
+    shapes, so a model scores them exactly as the update's forward does."""
     out = torch.zeros_like(data["loss_mask"])
     with torch.no_grad():
-        for micro in micro_batches(data["lengths"], rows, size):
-            ids, mask, prompts = trim(data, micro)
-            out[micro, :ids.shape[1]] = student.logprobs(policy, ids, mask, temperature, prompts=prompts)
+        for rows in minibatches:
+            for micro in micro_batches(data["lengths"], rows, size):
+                ids, mask, prompts = trim(data, micro)
+                out[micro, :ids.shape[1]] = student.logprobs(policy, ids, mask, temperature, prompts=prompts)
     return out
 
 
@@ -320,15 +328,16 @@ def grpo_step(policy, ref, opt, tokenizer, problems: list[dict], args: argparse.
     # policy of the PPO ratio), from the training forward, not the sampler (its fast decode
     # differs in the last bits). The rows of the first update take theirs from that update's
     # own forward, detached: the policy has not moved yet. The others need a no-grad pass now.
-    every = torch.arange(len(rollouts), device=device)
-    ref_logp = batched_logprobs(ref, data, every, args.micro_batch, T)
-    t_ref = clock(device)
-    policy.train()
+    # Both passes go micro-batch by micro-batch as the first epoch's updates will, so at the
+    # first update the policy, still the reference, gets a KL of exactly 0.
     updates = [[(groups[:, None] * G + torch.arange(G)).flatten().to(device)
                 for groups in torch.randperm(len(problems)).split(args.minibatch)] for _ in range(args.ppo_epochs)]
+    ref_logp = batched_logprobs(ref, data, updates[0], args.micro_batch, T)
+    t_ref = clock(device)
+    policy.train()
+    old_logp = batched_logprobs(policy, data, updates[0][1:], args.micro_batch, T)
     later = torch.ones(len(rollouts), dtype=torch.bool, device=device)
     later[updates[0][0]] = False
-    old_logp = batched_logprobs(policy, data, every[later], args.micro_batch, T)
     t_old = clock(device)
 
     # 4. PPO updates: mini-batches of whole groups; each loss is a token mean over the whole

@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="Supervised fine-tuning on teacher trajectories.")
     ap.add_argument("--model", default=None, help="HF model name or path (default: the built-in tiny student)")
     ap.add_argument("--condition", default="hidden", choices=tasks.CONDITIONS,
-                    help="the built-in benchmark that fills an empty --data folder")
+                    help="the built-in benchmark, written to data/CONDITION unless it is there")
     ap.add_argument("--data", default=None, help="folder with train.jsonl, test_id.jsonl, test_ood.jsonl "
                                                  "(default: data/CONDITION)")
     ap.add_argument("--out", default="runs/sft", help="run folder")
@@ -65,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, key, tiny if args.model is None else real)
     if min(args.steps, args.batch_size, args.eval_limit, 1 if args.limit is None else args.limit) < 1 or args.lr <= 0:
         ap.error("--steps, --batch-size, --eval-limit, --limit and --lr must be positive")
+    if args.data is not None and teacher.data_error(args.data):
+        ap.error(teacher.data_error(args.data))
     args.data = args.data or os.path.join("data", args.condition)
     if min(args.warmup, args.eval_every) < 0:
         ap.error("--warmup and --eval-every cannot be negative")

@@ -14,17 +14,20 @@ itself errs on a fifth of one family ("wrong"). Out of domain the habit is alway
 The fourth ("none") is the original suite below, where the demonstrator is the teacher.
 
 In the original suite, in-domain (ID) families are what the student trains on.
-Out-of-domain (OOD) families use the same tools and the same words, shifted mildly (a tiny
-student generalizes only within what its training spans, so a big shift would put every
-method at 0%):
+Out-of-domain (OOD) families use the same tools and the same words (every word of every test
+question occurs in its condition's training questions, so no test hangs on an embedding the
+student never trained), shifted mildly (a tiny student generalizes only within what its
+training spans, so a big shift would put every method at 0%):
   - ood_total_four:   a total of exactly four numbers; ID totals have two, three or five,
                       so four is an unseen length inside the seen range.
   - ood_big_numbers:  the ID "boxes" story with 4-digit pen counts; ID boxes have 1 to 3
                       digits, while other ID stories (apples, cups, heights) have 1 to 4.
-  - ood_area_cost:    the "square garden" story followed by a price per square meter: a new
-                      composition (power, then multiply) of phrases seen apart.
+  - ood_area_cost:    the "square garden" story followed by the "cloth" story's price per
+                      square meter: a new composition (power, then multiply) of phrases seen apart.
   - ood_three_steps:  the "shirts" story followed by the "are sold ... left" phrase: three
-                      dependent calls (add, multiply, subtract); ID chains stop after two.
+                      dependent calls (add, multiply, subtract).
+  - ood_four_steps:   the same, the shirts left then packed in cartons (modulo): four
+                      dependent calls, where no ID family takes more than three.
 Some families admit two valid strategies (sum_numbers versus a chain of add; power(x, 2)
 versus multiply(x, x)), so strict replication of the teacher and flexible matching differ.
 """
@@ -137,6 +140,12 @@ def gap(rng, lo, hi):
     return q, [[("subtract", {"a": a, "b": b})], [("abs_value", {"x": "#0"})]]
 
 
+def cloth(rng, lo, hi):
+    a, c = num(rng, max(lo, 2), hi), num(rng, 2, 30)
+    q = f"Each square meter of cloth costs {c} dollars. What do {a} square meters cost?"
+    return q, [[("multiply", {"a": a, "b": c})]]
+
+
 def ood_total_four(rng, lo, hi):
     return total(rng, lo, hi, sizes=(4,))
 
@@ -150,14 +159,23 @@ def ood_area_cost(rng, lo, hi):
 def ood_three_steps(rng, lo, hi):
     a, b, c = num(rng, lo, hi), num(rng, lo, hi), num(rng, 2, 30)
     d = num(rng, 1, (a + b) * c)
-    q = f"A shop makes {a} red and {b} blue shirts a day. After {c} days, {d} shirts are sold. How many shirts are left?"
+    q = f"A shop makes {a} red and {b} blue shirts a day. {d} of the shirts it makes in {c} days are sold. " \
+        "How many shirts are left?"
     return q, [[("add", {"a": a, "b": b})], [("multiply", {"a": "#0", "b": c})], [("subtract", {"a": "#1", "b": d})]]
 
 
+def ood_four_steps(rng, lo, hi):
+    q, plan = ood_three_steps(rng, lo, hi)
+    e = num(rng, 6, 12)
+    q = q.replace("How many shirts are left?", f"The shirts that are left are packed in cartons of {e}. "
+                                               "How many shirts are left over?")
+    return q, plan + [[("modulo", {"a": "#2", "b": e})]]
+
+
 ID_FAMILIES = {f.__name__: f for f in [add_more, sold, boxes, share, total, square_area,
-                                       shirts, average, cartons, side, gap]}
+                                       shirts, average, cartons, side, gap, cloth]}
 OOD_FAMILIES = {"ood_total_four": ood_total_four, "ood_area_cost": ood_area_cost,
-                "ood_big_numbers": boxes, "ood_three_steps": ood_three_steps}
+                "ood_big_numbers": boxes, "ood_three_steps": ood_three_steps, "ood_four_steps": ood_four_steps}
 RANGES = {"add_more": (1, 9999), "sold": (1, 9999), "gap": (1, 9999),  # 1 to 4 digits
           "ood_big_numbers": (1000, 9999)}
 DEFAULT_RANGE = (1, 999)  # 1 to 3 digits
@@ -230,12 +248,13 @@ def ood_heights(rng, numbers):
 
 def ood_climb(rng, numbers):
     """Four calls where no training family takes more than two: the towers' gap (the abs_value
-    habit exposed) covered with crates (ceil, as both wording and container say)."""
+    habit exposed) covered with crates (ceil, as both wording and container say), in words
+    of the training questions only."""
     _, plan, habit = heights(rng, "exposed", exposed_only=True)
     c = rng.randint(3, 12)
     a, b = plan[0][0][1]["a"], plan[0][0][1]["b"]
-    q = (f"A red tower is {a} meters high and a blue tower is {b} meters high. The gap between them is "
-         f"filled with crates of {c} meters. How many crates are needed for all of them?")
+    q = (f"A red tower is {a} meters high and a blue tower is {b} meters high. How many crates of {c} meters "
+         "are needed for all of the meters their heights are apart?")
     tail = [[("divide", {"a": "#1", "b": c})], [("ceil", {"x": "#2"})]]  # after subtract #0, abs_value #1
     return q, plan + tail, habit + [[("divide", {"a": "#0", "b": c})], [("ceil", {"x": "#1"})]]
 
@@ -326,7 +345,7 @@ def benchmark(condition: str = "hidden", n_train: int = 4000, n_test: int = 300,
     id_families, ood_families = (list(ID_FAMILIES), list(OOD_FAMILIES)) if condition == "none" else \
         (list(HABIT_FAMILIES), list(HABIT_OOD))
     test_id = make_split(condition, "test_id", id_families, n_test, seed + 1, set())
-    test_ood = make_split(condition, "test_ood", ood_families, n_test, seed + 2, set())
+    test_ood = make_split(condition, "test_ood", ood_families, n_test, seed + 2, {p.question for p in test_id})
     held_out = {p.question for p in test_id + test_ood}
     train = make_split(condition, "train", id_families, n_train, seed + 3, held_out)
     return {"train": train, "test_id": test_id, "test_ood": test_ood}

@@ -72,10 +72,13 @@ def record(problem: tasks.Problem, messages: list[dict]) -> dict:
 def tiny_corpus(n_train: int = 4000, seed: int = 0) -> list[str]:
     """The text the tiny student's tokenizer learns from: the system prompt, the tool schemas,
     and the training problems of every built-in condition, as their trajectories (teacher's
-    and demonstrator's) print them."""
+    and demonstrator's) print them; none whose question is a test question of any condition
+    (a condition's training set holds none of its own, but may hold another's)."""
     texts = [tasks.SYSTEM_PROMPT] + [json.dumps(s) for s in tools.schemas()]
-    for condition in tasks.CONDITIONS:
-        for problem in tasks.benchmark(condition, n_train=n_train, seed=seed)["train"]:
+    suites = {condition: tasks.benchmark(condition, n_train=n_train, seed=seed) for condition in tasks.CONDITIONS}
+    tests = {p.question for suite in suites.values() for split in ("test_id", "test_ood") for p in suite[split]}
+    for suite in suites.values():
+        for problem in (p for p in suite["train"] if p.question not in tests):
             for plan in (problem.plan, problem.demo):
                 for m in trajectory(problem, plan)[1:] if plan else []:  # the system prompt is in already
                     texts.append(m.get("content") or "")
@@ -127,22 +130,46 @@ def llm_records(model_path: str, problems: list[tasks.Problem], samples: int, se
 SPLITS = ("train", "test_id", "test_ood")
 
 
-def ensure_data(data_dir: str, condition: str = "hidden", n_train: int = 4000, seed: int = 0) -> dict[str, str]:
-    """Paths of the three splits in `data_dir` (SPLIT.jsonl, or SPLIT.parquet). When none of
-    them exists, they are written: the built-in benchmark of `condition`, solved by the
-    scripted teacher; when only some do, files.DataError names the missing ones (the user's own
-    files are never overwritten)."""
-    files.check_folder(data_dir)
+def split_paths(data_dir: str) -> dict[str, str]:
+    """The file of each split in `data_dir`: SPLIT.jsonl, or SPLIT.parquet where only that exists."""
     paths = {}
     for split in SPLITS:
         jsonl, parquet = (os.path.join(data_dir, f"{split}.{ext}") for ext in ("jsonl", "parquet"))
         paths[split] = parquet if os.path.exists(parquet) and not os.path.exists(jsonl) else jsonl
-    missing = [p for p in paths.values() if not os.path.exists(p)]
+    return paths
+
+
+def missing_splits(data_dir: str) -> list[str]:
+    """The splits `data_dir` lacks (none, or the files it would need)."""
+    return [path for path in split_paths(data_dir).values() if not os.path.isfile(path)]
+
+
+def ensure_data(data_dir: str, condition: str = "hidden", n_train: int = 4000, seed: int = 0) -> dict[str, str]:
+    """Paths of the three splits in `data_dir` (SPLIT.jsonl, or SPLIT.parquet). When none of
+    them exists, they are written: the built-in benchmark of `condition`, solved by the
+    scripted teacher (scripts call this on data/CONDITION only: a folder the user names must
+    hold the splits already); when only some do, files.DataError names the missing ones (the
+    user's own files are never overwritten)."""
+    files.check_folder(data_dir)
+    paths = split_paths(data_dir)
+    missing = missing_splits(data_dir)
     if len(missing) == len(paths):
         write_scripted(data_dir, condition, n_train, seed)
     elif missing:
         raise files.DataError(f"{', '.join(missing)}: missing; give all three splits, or none for the built-in benchmark")
     return paths
+
+
+def data_error(data_dir: str) -> str | None:
+    """What is wrong with a --data folder the user named, in one line; None when it holds
+    the three splits. Nothing is written to such a folder: a typo must not train on a new
+    copy of the built-in benchmark."""
+    missing = missing_splits(data_dir)
+    if missing:
+        return (f"--data {data_dir}: no {', '.join(os.path.basename(m) for m in missing)} there; it takes a folder "
+                "with all three splits (without --data the built-in benchmark is written to data/CONDITION; "
+                "python teacher.py --out DIR writes it elsewhere)")
+    return None
 
 
 def write_scripted(data_dir: str, condition: str, n_train: int, seed: int) -> dict[str, Counter]:

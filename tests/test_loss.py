@@ -77,3 +77,13 @@ def test_kl_k3_values_and_clamp():
     assert kl[2].item() == pytest.approx(math.exp(-1) + 1 - 1)     # d = -1
     assert kl[3].item() == 10.0                                    # exp(30) clamped
     assert (kl >= 0).all()
+
+
+def test_kl_far_from_the_reference_stays_finite_with_a_finite_gradient():
+    # d = ref - logp = 100 where the mask is 0: exp(100) is inf in float32, and 0 x inf would be
+    # NaN in the backward had d not been clamped before exp.
+    logp = torch.tensor([-100.0, -1.0], requires_grad=True)
+    kl = kl_penalty(logp, torch.tensor([0.0, 0.0]))
+    token_sum(kl, torch.tensor([0.0, 1.0])).backward()
+    assert kl[0].item() == 10.0 and torch.isfinite(logp.grad).all()
+    assert logp.grad[0].item() == 0.0 and logp.grad[1].item() == pytest.approx(1 - math.exp(1))

@@ -2,6 +2,7 @@
 Qwen2.5-0.5B's real vocabulary and head layout (two layers) and the real Qwen2.5 template;
 what fits an 80 GB GPU for the Qwen2.5 family; the one-line refusal."""
 import os
+import re
 import subprocess
 import sys
 
@@ -22,6 +23,7 @@ import tools  # noqa: E402
 TEMPLATE = os.path.join(ROOT, "tests", "fixtures", "qwen2.5-instruct.chat_template.jinja")
 GiB = 2 ** 30
 H100 = 81559 * 2 ** 20  # an "80 GB" H100's total memory as torch reports it (nvidia-smi: 81559 MiB)
+H200 = 139 * GiB        # a "141 GB" H200's, about
 
 # The config.json values of Qwen/Qwen2.5-{0.5B,1.5B,3B,7B}-Instruct (7B has a larger, untied vocabulary).
 QWEN25 = {
@@ -141,10 +143,28 @@ def table_row(name: str, flags: list[str] = ()) -> tuple[list[str], float]:
 def test_what_fits_an_80gb_gpu_with_the_real_profile():
     assert memory.param_count(Qwen2Config(**QWEN25["0.5B"])) == 494_032_768  # the model card's 0.49B
     assert memory.param_count(Qwen2Config(**QWEN25["7B"])) == 7_615_616_512  # 7.61B
-    assert table_row("0.5B") == ([], 49.0)
-    assert table_row("1.5B") == (["--rollout-batch 16"], 78.3)
-    assert table_row("3B") == (["--grad-ckpt", "--rollout-batch 4"], 73.0)
-    assert table_row("7B") == ([], 157.0)  # 16 bytes a parameter for weights, gradients and AdamW alone
+    assert table_row("0.5B") == ([], 50.5)
+    assert table_row("1.5B") == (["--rollout-batch 16"], 78.8)
+    assert table_row("3B") == (["--grad-ckpt", "--rollout-batch 4"], 73.6)
+    assert table_row("7B") == ([], 158.1)  # 16 bytes a parameter for weights, gradients and AdamW alone
+
+
+def test_the_readmes_gpu_commands_fit_their_gpus():
+    """Every `python rl.py` / `python bench.py` line of the README that names a Qwen2.5 model
+    and a GPU size fits that GPU by memory.estimate, with exactly its flags."""
+    import bench  # noqa: E402 (a script; only its flags are read)
+    commands = re.findall(r"^python (rl|bench)\.py (.*Qwen2\.5-([\d.]+B).*?)\s+# (\d+) GB GPU", open(
+        os.path.join(ROOT, "README.md")).read(), re.MULTILINE)
+    assert len(commands) == 3
+    for script, flags, size, gigabytes in commands:
+        device = {"80": H100, "141": H200}[gigabytes]
+        flags = flags.replace("--data DIR", "")  # the user's folder: not read by the estimate
+        if script == "rl":
+            args = rl.parse_args(flags.split())
+        else:  # bench.py's step, at its flags (on this CPU-only machine --device cuda is named explicitly)
+            args = bench.step_args(bench.parse_args(flags.split()))
+        total = memory.estimate(Qwen2Config(**QWEN25[size]), args, QWEN_PROMPT, "cuda")["total"]
+        assert total <= device, (flags, total / GiB)
 
 
 def test_the_refusal_names_the_flags_that_fit(real_size, monkeypatch, capsys):

@@ -480,6 +480,83 @@ def test_decoder_logits_equal_a_full_transformers_forward_across_turns(rope, lea
             check(decoder.step(tokens, torch.ones(2, dtype=torch.bool)), [2, 1])
 
 
+@pytest.mark.parametrize("width", [1, 5])
+def test_masked_attention_reaches_sdpa_with_equal_head_counts(width, monkeypatch):
+    """6 query heads over 2 KV heads with a mask: SDPA gets equal head counts (the fused
+    kernels, not the math one that enable_gqa with a mask falls to on CUDA): a prefill with
+    the keys and values repeated to the 6 query heads, a decode step with the query heads
+    stacked on their KV head. Either way the result is plain attention."""
+    torch.manual_seed(0)
+    q, keys, values = torch.randn(3, 6, width, 8), torch.randn(3, 2, 9, 8), torch.randn(3, 2, 9, 8)
+    sees = torch.rand(3, width, 9) < 0.6
+    sees[..., 0] = True
+    scores = q @ keys.repeat_interleave(3, 1).transpose(-1, -2) * 0.3
+    expected = scores.masked_fill(~sees[:, None], float("-inf")).softmax(-1) @ values.repeat_interleave(3, 1)
+    calls, sdpa = [], torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, **kwargs):
+        calls.append((q.shape[1], k.shape[1], kwargs.get("enable_gqa", False), kwargs["attn_mask"] is not None))
+        return sdpa(q, k, v, **kwargs)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    out = engine._attend(q, keys, values, engine._bias(sees, 2, torch.float32, decode_on_cpu=False), 0.3)
+    heads = 6 if width > 1 else 2
+    assert calls == [(heads, heads, False, True)] and torch.allclose(out, expected, atol=1e-5)
+    if width == 1:  # a CPU decode step takes two batched matmuls instead, to the same result
+        out = engine._attend(q, keys, values, engine._bias(sees, 2, torch.float32, decode_on_cpu=True), 0.3)
+        assert len(calls) == 1 and torch.allclose(out, expected, atol=1e-5)
+    calls.clear()
+    with torch.inference_mode():  # the lean decoder's prefill of left-padded prompts (4 query, 2 KV heads)
+        engine.LeanDecoder(tiny_qwen2()).extend([0, 1], [[5, 6, 7, 8], [9, 10]], room=2)
+    assert calls == [(4, 4, False, True)] * 2  # one per layer
+
+
+def test_top_p_within_the_top_k_equals_top_p_over_the_vocabulary():
+    torch.manual_seed(0)
+    logp = (torch.randn(8, 1000) * 3).log_softmax(-1)
+
+    def over_the_vocabulary(top_k, top_p):  # the textbook order: mask below the k-th, sort everything
+        if top_k:
+            logp_k = logp.masked_fill(logp < logp.topk(top_k, dim=-1).values[:, -1:], float("-inf"))
+        else:
+            logp_k = logp
+        probs = logp_k.exp()
+        if top_p == 1.0:
+            return probs
+        ordered, order = probs.sort(dim=-1, descending=True)
+        outside = ordered.cumsum(-1) - ordered > top_p * ordered.sum(-1, keepdim=True)
+        return probs.scatter(-1, order, ordered.masked_fill(outside, 0.0))
+    for top_k, top_p in [(20, 0.9), (20, 1.0), (5, 0.5), (0, 0.9), (0, 1.0)]:
+        probs, index = model._nucleus(logp, top_k, top_p)
+        if top_k:
+            assert probs.shape == (8, top_k)  # only the candidates, never the vocabulary sorted
+        dense = probs if index is None else torch.zeros_like(logp).scatter(-1, index, probs)
+        assert torch.equal(dense, over_the_vocabulary(top_k, top_p)), (top_k, top_p)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_a_reference_with_bf16_matmuls_scores_like_the_float32_policy_under_autocast(tied):
+    """On CUDA the frozen reference keeps its linear layers in bf16 (model.matmuls_in_bf16):
+    under bf16 autocast the policy's float32 weights are cast to the same bf16 values for the
+    same matmuls, and the rest stays float32 in both, so they agree exactly (CPU autocast here)."""
+    policy = tiny_qwen2(tie_word_embeddings=tied)
+    ref = tiny_qwen2(tie_word_embeddings=tied)
+    ref.load_state_dict(policy.state_dict())
+    model.matmuls_in_bf16(ref)
+    assert ref.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    assert ref.model.embed_tokens.weight.dtype == torch.float32 and ref.model.norm.weight.dtype == torch.float32
+    assert (ref.lm_head.weight.dtype == torch.float32) == tied  # tied to the embeddings: left float32
+    torch.manual_seed(1)
+    ids = torch.randint(0, 97, (4, 12))
+    mask = torch.ones(4, 12)
+    prompts = torch.tensor([5, 5, 3, 3])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for shared in (None, prompts):
+            a, b = (model.logprobs(m, ids, mask, prompts=shared) for m in (policy, ref))
+            assert torch.equal(a, b)
+    plain = model.logprobs(policy, ids, mask)  # and bf16 does change the numbers: the check can fail
+    assert not torch.equal(plain, a)
+
+
 def test_rows_leave_a_batch_by_moving_the_last_ones_into_the_gaps():
     order, gaps, movers = engine.fill_gaps(torch.tensor([True, False, True, False, False, True, False]))
     assert order.tolist() == [4, 1, 6, 3] and gaps.tolist() == [0, 2] and movers.tolist() == [4, 6]
@@ -506,6 +583,22 @@ def test_the_engine_self_check_passes_and_fails_when_the_lean_forward_is_wrong(t
     with pytest.raises(SystemExit) as e:
         engine.main(["--model", path])
     assert e.value.code == 1 and "FAIL same greedy tokens" in capsys.readouterr().out
+
+
+def test_greedy_decodes_may_part_only_at_a_near_tie():
+    tokens = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 3, 4]])
+    lean = torch.tensor([[1, 2, 3, 9], [1, 7, 3, 4], [1, 2, 3, 4]])
+    logps = torch.full((3, 4), -0.5)
+    margins = torch.tensor([[1.0, 1.0, 1.0, 0.01], [1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    kept = torch.ones(3, 4, dtype=torch.bool)
+    lean_logps = logps + torch.tensor([[0.0, 0.0, 0.0, 3.0], [0.1, 0.0, 0.0, 0.0], [0.0, 0.02, 0.0, 0.0]])
+    # row 0 parts at a near tie (margin 0.01), row 1 where generate() was sure: one row wrong;
+    # the gap is read before each row parts (row 0's 3.0 at the parting token is not)
+    wrong, ties, gap = engine.agreement(tokens, logps, margins, kept, lean, lean_logps, tolerance=0.05)
+    assert (wrong, ties) == (1, 1) and gap == pytest.approx(0.1)
+    kept[1, 1:] = False  # row 1 ended before it parted: nothing after its end counts
+    assert engine.agreement(tokens, logps, margins, kept, lean, lean_logps, tolerance=0.05)[:2] == (0, 1)
+    assert engine.agreement(tokens, logps, margins, kept, lean, lean_logps, tolerance=0.001)[:2] == (1, 0)
 
 
 # ------------------------------------------------------------------ logprobs and collate

@@ -35,10 +35,12 @@ HAND = {
     "cartons": lambda n: n[0] % n[1],
     "side": lambda n: math.isqrt(n[0]),
     "gap": lambda n: abs(n[0] - n[1]),
+    "cloth": lambda n: n[0] * n[1],
     "ood_total_four": lambda n: sum(n),
     "ood_area_cost": lambda n: n[0] * n[0] * n[1],
     "ood_big_numbers": lambda n: n[0] * n[1],
-    "ood_three_steps": lambda n: (n[0] + n[1]) * n[2] - n[3],
+    "ood_three_steps": lambda n: (n[0] + n[1]) * n[3] - n[2],  # a, b, then d before c in the question
+    "ood_four_steps": lambda n: ((n[0] + n[1]) * n[3] - n[2]) % n[4],
 }
 
 
@@ -59,8 +61,8 @@ def test_sizes_and_fields(bench):
     assert {p.family for p in bench["train"]} == set(tasks.ID_FAMILIES)
     assert {p.family for p in bench["test_id"]} == set(tasks.ID_FAMILIES)
     assert {p.family for p in bench["test_ood"]} == set(tasks.OOD_FAMILIES)
-    # families round-robin: 60 OOD problems over 4 families is 15 each
-    assert sorted([p.family for p in bench["test_ood"]].count(f) for f in tasks.OOD_FAMILIES) == [15] * 4
+    # families round-robin: 60 OOD problems over 5 families is 12 each
+    assert sorted([p.family for p in bench["test_ood"]].count(f) for f in tasks.OOD_FAMILIES) == [12] * 5
     small = tasks.benchmark("none", n_train=7, n_test=5, seed=3)
     assert [len(small[s]) for s in ("train", "test_id", "test_ood")] == [7, 5, 5]
 
@@ -82,6 +84,29 @@ def test_splits_disjoint_and_questions_unique(bench):
     assert not set(qs["train"]) & set(qs["test_id"])
     assert not set(qs["train"]) & set(qs["test_ood"])
     assert not set(qs["test_id"]) & set(qs["test_ood"])
+
+
+def words(question: str) -> set[str]:
+    return set(re.findall(r"[A-Za-z]+", question))
+
+
+@pytest.mark.parametrize("condition", tasks.CONDITIONS)
+def test_every_word_of_a_test_question_is_in_the_training_questions(condition):
+    """At the full size rl.py uses: a word the student never read in training would leave its
+    embedding untrained, and a test that hangs on it measures that, not the skill."""
+    splits = tasks.benchmark(condition)
+    trained = set().union(*(words(p.question) for p in splits["train"]))
+    for split in ("test_id", "test_ood"):
+        unseen = {(p.family, w) for p in splits[split] for w in words(p.question) - trained}
+        assert not unseen, (split, sorted(unseen))
+        assert not {p.question for p in splits[split]} & {p.question for p in splits["train"]}
+    assert not {p.question for p in splits["test_id"]} & {p.question for p in splits["test_ood"]}
+
+
+def test_the_original_suite_has_an_ood_family_with_more_calls_than_any_id_family(bench):
+    calls = lambda problems: max(sum(len(turn) for turn in p.plan) for p in problems)  # noqa: E731
+    assert calls([p for p in bench["test_ood"] if p.family == "ood_four_steps"]) == 4
+    assert calls(bench["train"]) == 3
 
 
 def test_test_sets_do_not_depend_on_n_train(bench):

@@ -94,7 +94,7 @@ def test_write_scripted_is_reproducible(tmp_path):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert sum(counts["train"].values()) == 30
     assert sum(counts["test_id"].values()) == 300 and sum(counts["test_ood"].values()) == 300
-    assert counts["test_ood"] == {f: 75 for f in tasks.OOD_FAMILIES}
+    assert counts["test_ood"] == {f: 60 for f in tasks.OOD_FAMILIES}
     lines = (tmp_path / "a" / "train.jsonl").read_text().splitlines()
     assert len(lines) == 30
     first = json.loads(lines[0])
@@ -357,3 +357,11 @@ def test_command_line_bad_flag_is_a_one_line_error(cli):
     errors = [line for line in stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and "--n-train must be at least 1" in errors[0]
     assert not (out / "bad").exists()
+
+
+def test_the_tiny_tokenizer_reads_no_test_question_of_any_condition():
+    corpus = set(teacher.tiny_corpus())  # a question is one text of it (the user turn), whole
+    for condition in tasks.CONDITIONS:
+        splits = tasks.benchmark(condition)
+        assert not [p.question for split in ("test_id", "test_ood") for p in splits[split] if p.question in corpus]
+        assert sum(p.question in corpus for p in splits["train"][:50]) > 40  # its training questions, nearly all
