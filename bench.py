@@ -19,7 +19,6 @@ estimate. Each figure is the median of --repeats runs after --warmup.
 """
 import argparse
 import sys
-import time
 from statistics import median
 
 import torch
@@ -31,7 +30,6 @@ import memory
 import model as student
 import rl
 import sft
-import tasks
 import teacher
 import tools
 
@@ -112,7 +110,7 @@ def bench_decode(args, policy, tokenizer) -> None:
     The two alternate, call by call, and the ratio is the median over those pairs: on a
     shared machine the speed drifts by 20-30% within a minute, and timing all of one method
     before the other would put that drift into the ratio."""
-    prompt = tasks.prompt(QUESTION, not student.is_tiny(tokenizer))
+    prompt = student.prompt(tokenizer, QUESTION)
     prompt_ids, _ = student.encode(tokenizer, prompt, tools.schemas())
     eos = tokenizer.eos_token_id
 
@@ -197,8 +195,7 @@ def bench_step(args, rate: float) -> None:
 
 def prompt_tokens(tokenizer, records: list[dict]) -> int:
     """The longest prompt of `records`, in tokens."""
-    authors = not student.is_tiny(tokenizer)
-    return max(len(student.encode(tokenizer, tasks.prompt(r["question"], authors), tools.schemas())[0])
+    return max(len(student.encode(tokenizer, student.prompt(tokenizer, r["question"]), tools.schemas())[0])
                for r in records)
 
 
@@ -207,8 +204,7 @@ def bench_sft(args, rate: float) -> None:
     policy, tokenizer = student.load(args.model, args.device, compile=args.compile)
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-5)
     records = files.load_records(teacher.ensure_data(rl.parse_args([]).data)["train"])
-    authors = not student.is_tiny(tokenizer)
-    examples = [student.encode(tokenizer, sft.conversation(r, r["teacher"]["messages"], authors), tools.schemas())
+    examples = [student.encode(tokenizer, sft.conversation(tokenizer, r, r["teacher"]["messages"]), tools.schemas())
                 for r in records[:args.sft_batch * (args.warmup + args.repeats)]]
     chunks = [examples[i:i + args.sft_batch] for i in range(0, len(examples), args.sft_batch)]
     batches = [sft.batch(chunk, tokenizer.pad_token_id, args.device) for chunk in chunks]
@@ -248,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     try:
         if args.model is None:
-            teacher.ensure_tiny()
+            student.ensure_tiny()
         policy, tokenizer = student.load(args.model, args.device)
         rate = matmul_rate(policy, args.device)
         print(f"{args.model or student.TINY_PATH} on {args.device}, {torch.get_num_threads()} thread(s); "

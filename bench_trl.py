@@ -26,7 +26,6 @@ import files
 import model as student
 import reward
 import rl
-import tasks
 import teacher
 
 
@@ -68,7 +67,7 @@ def trl_steps(args, path: str, problems: list[dict], steps: int) -> list[float]:
             self.times.append(time.perf_counter() - self.start)
 
     tokenizer = AutoTokenizer.from_pretrained(path)
-    rows = [{"prompt": tasks.prompt(p["question"], not student.is_tiny(tokenizer)), "answer": p["answer"],
+    rows = [{"prompt": student.prompt(tokenizer, p["question"]), "answer": p["answer"],
              "tool_calls_used": p["teacher"]["tools"]} for p in problems]
     clock = StepClock()
     with tempfile.TemporaryDirectory() as out:
@@ -101,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     try:
         if args.model is None:
-            teacher.ensure_tiny()
+            student.ensure_tiny()
         path = student.checkpoint_dir(args.model or student.TINY_PATH) or args.model
         problems = files.load_records(teacher.ensure_data(rl.parse_args([]).data)["train"])[:args.prompts]
     except (files.DataError, student.ModelError) as e:

@@ -39,7 +39,7 @@ import tools
 METHODS = {  # name -> the reward mode of its GRPO run (None: SFT on the teacher's trajectories)
     "sft-matched": None, "sft-all": None, "sparse": "sparse", "strict": "strict", "mentor": "mentor",
 }
-SFT_LR = sft.PROFILES["lr"][0] / 3  # SFT from a warm start: a third of the from-scratch rate
+SFT_LR = sft.SETTINGS["lr"][0] / 3  # SFT from a warm start: a third of the from-scratch rate
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,9 +81,10 @@ def method_args(condition: str, method: str, seed: int, warm: str, args: argpars
         return sft.parse_args(common + ["--model", warm, "--steps", str(args.sft_steps), "--batch-size", "32",
                                         "--lr", str(SFT_LR), "--warmup", "50"])
     if method == "sft-matched":  # the same problems, in the same order, as the GRPO runs of this seed
+        grpo = rl.parse_args([])  # the tiny GRPO run's problems per step and warm-up
         return sft.parse_args(common + ["--model", warm, "--matched", "--steps", str(args.rl_steps),
-                                        "--batch-size", str(rl.PROFILES["prompts"][0]), "--lr", str(SFT_LR),
-                                        "--warmup", str(rl.PROFILES["warmup"][0])])
+                                        "--batch-size", str(grpo.prompts), "--lr", str(SFT_LR),
+                                        "--warmup", str(grpo.warmup)])
     return rl.parse_args(common + ["--init", warm, "--reward", METHODS.get(method) or method,
                                    "--steps", str(args.rl_steps)])
 
@@ -91,7 +92,7 @@ def method_args(condition: str, method: str, seed: int, warm: str, args: argpars
 def run_warm(condition: str, seed: int, args: argparse.Namespace) -> str:
     """One warm start, trained unless it already exists; its folder."""
     warm = warm_args(condition, seed, args)
-    if not sft.finished_run(warm):
+    if not files.finished_run(warm):
         sft.train(warm)
     return warm.out
 
@@ -99,7 +100,7 @@ def run_warm(condition: str, seed: int, args: argparse.Namespace) -> str:
 def run_method(condition: str, method: str, seed: int, warm: str, args: argparse.Namespace) -> str:
     """Train one method from the warm start (unless its run already finished); return its folder."""
     run = method_args(condition, method, seed, warm, args)
-    if not sft.finished_run(run):
+    if not files.finished_run(run):
         (sft.train if method.startswith("sft") else rl.train)(run)
     return run.out
 
@@ -134,7 +135,7 @@ def gate_stats(records: list[dict], rollouts: list, group: int) -> dict:
     of samples that use exactly the teacher's set of tools, and the share of problems where the
     habit's answer is right too (the outcome cannot tell them apart); over all records, per
     reward mode, the share of groups whose rewards are not all equal (the groups that teach)."""
-    habit = [i for i, r in enumerate(records) if rl.habit_differs(r)]
+    habit = [i for i, r in enumerate(records) if files.habit_differs(r)]
     spread = {}
     for mode in reward.MODES:
         rewards = torch.tensor([reward.score_rollout(ro, records[i // group], mode)["reward"]
@@ -257,9 +258,9 @@ def main() -> None:
             # Refuse a folder of other settings now, not after hours of training the runs before it.
             for seed in seeds:
                 warm = warm_args(condition, seed, args)
-                sft.finished_run(warm)
+                files.finished_run(warm)
                 for method in args.methods:
-                    sft.finished_run(method_args(condition, method, seed, warm.out, args))
+                    files.finished_run(method_args(condition, method, seed, warm.out, args))
         # Every method of a seed starts from that seed's warm start; GRPO runs take longest.
         pairs = [(c, seed) for c in args.conditions for seed in seeds]
         longest_first = sorted(args.methods, key=lambda m: METHODS.get(m, m) is None)

@@ -1,33 +1,223 @@
-"""The fast decode path of rollouts: a lean forward for Qwen2 models.
+"""The decode path of rollouts: one assistant turn sampled for a batch of conversations.
 
-model.rollout samples each turn through a decoder (model.Decoder: extend, step, keep, drop).
-model.py's own decoder runs the model's transformers forward with its KV cache; LeanDecoder
-here computes the same logits with less work per token, and keeps each conversation's keys
-and values from one turn to the next. model.py takes it automatically for the models where
-it is exact (lean_ok), and its own decoder for the rest.
+    sample_turn(model, decoder, ...)  the loop: prefill (decoder.extend), then per token the
+                                      logits, pick() draws the next token, stopping rows leave
+    pick(logp, top_k, top_p)          the next token: argmax, or a sample of the top-k/top-p nucleus
+    make_decoder(model)               the forward passes with a KV cache: PlainDecoder (the model's
+                                      own transformers forward) or LeanDecoder (below)
 
-Why a lean forward: on a small model much of a decode step is framework overhead, not FLOPs:
-transformers' Qwen2 forward builds masks, recomputes the rotary table, updates Cache objects
-and dispatches the attention interface at every token. LeanDecoder runs the model's weights
-with none of that: one additive mask per decode step, a rotary table computed once, KV
-buffers written in place, q, k, v in one matmul and the MLP's gate and up in another. Why
-keep the cache across turns: a tool-using conversation comes back after every call with a
-few tokens of tool result, and forwarding the whole conversation again each time reads far
-more tokens than the turns sample (3.5x as many, a GRPO step of the tiny default).
+model.rollout calls sample_turn once per turn of its tool-using conversations, with one
+decoder for all the turns of a rollout.
 
-`python engine.py [--model PATH]` checks LeanDecoder against transformers' own generate()
-(the model's forward with its KV cache, what rollouts would otherwise run): the same greedy
-tokens, log-probs within a tolerance, and the tokens/s of each. model.py imports this file,
-so this file imports nothing of model.py.
+The lean forward (the second half): on a small model much of a decode step is framework
+overhead, not FLOPs: transformers' Qwen2 forward builds masks, recomputes the rotary table,
+updates Cache objects and dispatches the attention interface at every token. LeanDecoder runs
+the model's weights with none of that: one additive mask per decode step, a rotary table
+computed once, KV buffers written in place, q, k, v in one matmul and the MLP's gate and up
+in another. And it keeps each conversation's cache across turns: a tool-using conversation
+comes back after every call with a few tokens of tool result, and forwarding the whole
+conversation again each time reads far more tokens than the turns sample (3.5x as many, a
+GRPO step of the tiny default). make_decoder takes it for the models where it is exact
+(lean_ok), and the plain one for the rest.
+
+`python engine.py [--model PATH] [--device cuda]` checks LeanDecoder against transformers'
+own generate() (the model's forward with its KV cache, what rollouts would otherwise run):
+the same greedy tokens, log-probs within a tolerance, and the tokens/s of each. model.py
+imports this file, so this file imports nothing of model.py.
 """
 import argparse
 import sys
 import time
 from contextlib import nullcontext
+from typing import Protocol
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2ForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, Qwen2ForCausalLM
 
+
+def autocast(model):
+    """bf16 autocast on CUDA, nothing elsewhere (CPU stays float32)."""
+    if model.device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def nucleus(logp: torch.Tensor, top_k: int, top_p: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The tokens a sample may draw from the rows of log-probs `logp` [B, V]: the top_k most
+    likely (0: all) and, within those, the smallest set holding top_p of their mass (HF's and
+    vLLM's order). Returns their probabilities, not normalised, 0 for a token cut off, and
+    their vocabulary ids [B, K]; or [B, V] and None when nothing is cut (ids are positions).
+    top-p then sorts only the top_k candidates, which topk already returns in order, not the
+    whole vocabulary (151,936 tokens for Qwen2.5) at every step."""
+    index = None
+    if 0 < top_k < logp.shape[-1]:
+        logp, index = logp.topk(top_k, dim=-1)  # in descending order
+    elif top_p < 1.0:
+        logp, index = logp.sort(dim=-1, descending=True)
+    probs = logp.exp()
+    if top_p < 1.0:  # cut every token after the mass before it reaches top_p
+        probs = probs.masked_fill(probs.cumsum(-1) - probs > top_p * probs.sum(-1, keepdim=True), 0.0)
+    return probs, index
+
+
+def pick(logp: torch.Tensor, top_k: int, top_p: float, greedy: bool,
+          generator: torch.Generator | None) -> torch.Tensor:
+    """The next token of each row of log-probs `logp` [B, V] (already divided by the
+    temperature): the argmax, or a sample of the top_k, top_p nucleus (nucleus)."""
+    if greedy:
+        return logp.argmax(-1)
+    probs, index = nucleus(logp, top_k, top_p)
+    # Inverse-CDF sampling: one uniform number per row, where torch.multinomial draws one per
+    # vocabulary entry (~1.5 ms, over a tenth of the tiny model's decode step at batch 64).
+    # float64, so even tokens of probability 1e-12 keep their share; a token of probability 0
+    # is never drawn, short of u * total rounding up to total (odds ~1e-16; the clamp keeps
+    # the index in range then).
+    cdf = probs.double().cumsum(-1)
+    u = torch.rand(len(cdf), 1, dtype=torch.float64, device=cdf.device, generator=generator) * cdf[:, -1:]
+    choice = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[-1] - 1)
+    return (choice if index is None else index.gather(1, choice)).squeeze(1)
+
+
+def end_ids(model, tokenizer) -> list[int]:
+    """The tokens that end a turn: the tokenizer's EOS and every EOS the model's generation
+    config declares (Qwen2.5-Instruct: <|im_end|> and <|endoftext|>)."""
+    declared = model.generation_config.eos_token_id
+    declared = declared if isinstance(declared, list) else [] if declared is None else [declared]
+    return sorted({tokenizer.eos_token_id, *declared})
+
+
+SYNC_EVERY = 8  # on a GPU, decode steps between looks at how many turns have ended (a host sync each)
+
+
+@torch.inference_mode()
+@torch.compiler.set_stance("force_eager")  # a compiled model decodes eagerly: shapes change every step
+def sample_turn(model, decoder: "Decoder", samples: list[int], rows: list[list[int]], n: int, budgets: list[int],
+                 ends: torch.Tensor, temperature: float, top_k: int, top_p: float, greedy: bool,
+                 generator: torch.Generator | None) -> list[tuple[list[int], list[float], bool]]:
+    """Sample one assistant turn after each token sequence of `rows`, `n` times each: the
+    conversations `samples`, the n of a row adjacent. The n samples of a row share its
+    forward (extend); sample i stops at an end token (`ends`) or after `budgets[i]` tokens.
+    Stopped samples leave the batch once they are a quarter of it (each removal copies the
+    cache, so it is batched), and cost nothing afterwards; on a GPU the count is read every
+    SYNC_EVERY steps, so the host does not wait for the device at every token.
+    Returns per sample: (sampled ids, their log-probs under softmax(logits / temperature),
+    whether the turn ended with an end token)."""
+    device, total, steps = model.device, len(samples), max(budgets)
+    budget = torch.tensor(budgets, device=device)
+    tokens = torch.zeros(total, steps, dtype=torch.long, device=device)
+    logps = torch.zeros(total, steps, device=device)
+    lengths = torch.zeros(total, dtype=torch.long, device=device)
+    ended = torch.zeros(total, dtype=torch.bool, device=device)
+    live = torch.arange(total, device=device)  # the sample each batch row belongs to
+    done = torch.zeros(total, dtype=torch.bool, device=device)  # batch rows whose turn has ended
+    with autocast(model):
+        logits = decoder.extend(samples[::n], rows, steps)
+        if n > 1:
+            logits = logits.repeat_interleave(n, 0)
+            decoder.keep(torch.arange(len(rows), device=device).repeat_interleave(n), samples)
+        for t in range(steps):
+            logp = (logits if greedy else logits / temperature).log_softmax(-1)
+            token = pick(logp, top_k, top_p, greedy, generator)
+            # The log-prob under softmax(logits / temperature), before top-k and top-p cut it: what
+            # logprobs(temperature=) gives, as the authors' trainer computes it.
+            # Rows whose turn has ended write past their length too; those entries are cut off below.
+            tokens[live, t] = token
+            logps[live, t] = logp.gather(1, token[:, None]).squeeze(1)
+            is_eos = torch.isin(token, ends)
+            stop = ~done & (is_eos | (budget[live] <= t + 1))
+            lengths[live] = torch.where(stop, t + 1, lengths[live])  # where(), not stop as an index: no
+            ended[live] = torch.where(stop, is_eos, ended[live])     # wait for the GPU to count the rows
+            ours = ~done  # the tokens just sampled belong to their conversations, but where a turn had ended
+            done = done | stop
+            if device.type == "cpu" or t % SYNC_EVERY == SYNC_EVERY - 1:  # reading a count waits for the GPU
+                n_done = int(done.sum())
+                if n_done == len(live):
+                    break
+                if 4 * n_done >= len(live):  # rows whose turn has ended would still cost a forward each step
+                    left = decoder.drop(done)
+                    live, token, done, ours = live[left], token[left], done[left], ours[left]
+            logits = decoder.step(token, ours)
+
+    tokens, logps, lengths, ended = tokens.tolist(), logps.tolist(), lengths.tolist(), ended.tolist()
+    return [(tokens[i][:lengths[i]], logps[i][:lengths[i]], ended[i]) for i in range(total)]
+
+
+class Decoder(Protocol):
+    """The forward passes of a rollout's turns, with a KV cache. Why a cache: each new token
+    attends to every token before it; keeping their keys and values makes a decode step the
+    forward of one token per row, not of the whole sequence again.
+
+    PlainDecoder below runs the model's own transformers forward; LeanDecoder computes
+    the same logits faster for the models where it is exact (Qwen2: lean_ok), and keeps
+    each conversation's cache from one turn to the next."""
+
+    def extend(self, samples: list[int], ids: list[list[int]], room: int) -> torch.Tensor:
+        """Make the live batch the conversations `samples` (numbers naming them), of token ids
+        `ids`, and forward what the cache lacks of them; `room`: the most tokens any will decode
+        next. Returns the float32 logits [B, vocab] after each conversation's last token."""
+
+    def step(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The float32 logits [B, vocab] after one more token per row (`tokens` [B]); where
+        `valid` [B] is False the row's turn has ended and its token is not part of it."""
+
+    def keep(self, rows: torch.Tensor, samples: list[int]) -> None:
+        """Make batch rows `rows` [B'] (repeats allowed) the live batch, in that order, as the
+        conversations `samples`."""
+
+    def drop(self, gone: torch.Tensor) -> torch.Tensor:
+        """Take the rows where `gone` [B] is True out of the live batch. Returns the old numbers
+        of the rows left, in their new order."""
+
+
+class PlainDecoder:
+    """Decoder for any causal LM: its own forward, with the cache generate() uses (DynamicCache).
+    It keeps nothing from one turn to the next: extend() forwards whole conversations."""
+
+    def __init__(self, model):
+        self.model = model
+        self.samples: list[int] = []
+
+    def extend(self, samples: list[int], ids: list[list[int]], room: int) -> torch.Tensor:
+        width, device = max(map(len, ids)), self.model.device
+        tokens = torch.zeros(len(ids), width, dtype=torch.long)
+        self.attention = torch.zeros(len(ids), width, dtype=torch.bool)  # [B, L]: True on the rows' tokens
+        for i, row in enumerate(ids):  # left-padded, so every row's next token lands in one column
+            tokens[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+            self.attention[i, width - len(row):] = True
+        tokens, self.attention = tokens.to(device), self.attention.to(device)
+        self.cache, self.samples = DynamicCache(config=self.model.config), list(samples)
+        self.pos = self.attention.sum(1)
+        return self._logits(tokens, (self.attention.cumsum(-1) - 1).clamp(min=0))
+
+    def step(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        self.attention = torch.cat([self.attention, valid[:, None]], dim=1)
+        positions = self.pos[:, None]
+        self.pos = self.pos + valid
+        return self._logits(tokens[:, None], positions)
+
+    def keep(self, rows: torch.Tensor, samples: list[int]) -> None:
+        self.cache.batch_select_indices(rows)
+        self.attention, self.pos, self.samples = self.attention[rows], self.pos[rows], samples
+
+    def drop(self, gone: torch.Tensor) -> torch.Tensor:
+        left = fill_gaps(gone)[0]  # the lean decoder's order, so both sample the same
+        self.keep(left, [self.samples[r] for r in left.tolist()])
+        return left
+
+    def _logits(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=ids, attention_mask=self.attention, position_ids=positions, cache=self.cache,
+                          logits_to_keep=1).logits[:, -1].float()
+
+
+def make_decoder(model) -> Decoder:
+    """The decoder of a rollout: the lean one where it computes exactly what the model's own
+    forward does, the plain one otherwise."""
+    if lean_ok(model):
+        return LeanDecoder(model)
+    return PlainDecoder(model)
+
+
+# ------------------------------------------------------------------ the lean Qwen2 forward
 
 def lean_ok(model) -> bool:
     """Whether LeanDecoder computes exactly what `model`'s own forward does: a Qwen2 causal

@@ -52,9 +52,9 @@ def rollouts(policy, tokenizer, records: list[dict], k: int = 1, max_turns: int 
              batch_size: int = BATCH, seed: int | None = None) -> list:
     """Greedy rollouts of `records` (k = 1), or `k` samples of each (seeded, the k of a problem
     adjacent), `batch_size` problems per rollout call. Returns the model.Rollouts."""
-    authors, out = not student.is_tiny(tokenizer), []
+    out = []
     for i in range(0, len(records), batch_size):
-        prompts = [tasks.prompt(r["question"], authors) for r in records[i:i + batch_size]]
+        prompts = [student.prompt(tokenizer, r["question"]) for r in records[i:i + batch_size]]
         out += student.rollout(policy, tokenizer, prompts, tools.schemas(), n=k, max_turns=max_turns,
                                max_tokens=max_tokens, greedy=k == 1, seed=None if k == 1 else seed + i)
     return out

@@ -6,7 +6,8 @@ plus, in the built-in benchmark, the weak demonstrator's trajectory ("demo") and
 ("habit"). The authors' released rows load too: `question`, `reward_model.ground_truth` and
 `tool_calls_used` (the teacher's tool names). A bad file is a DataError whose message names
 the file and line; results and data are written to a temp file and renamed, so a crash
-never leaves half a file.
+never leaves half a file. And a run folder's bookkeeping: whether it holds a finished run of
+the given settings (finished_run).
 """
 import json
 import os
@@ -156,3 +157,42 @@ def check_folder(path: str) -> None:
 def write_json(path: str, obj) -> None:
     """Write JSON atomically (results, settings)."""
     write_atomic(path, json.dumps(obj, indent=1))
+
+
+def habit_differs(record: dict) -> bool:
+    """Whether the record's habit (built-in benchmark) uses other tools than its teacher."""
+    return bool(record.get("habit") and record["teacher"]) and \
+        set(record["habit"]["tools"]) != set(record["teacher"]["tools"])
+
+
+# ------------------------------------------------------------------------- run folders
+
+# Run settings that say where and how a run is written, run or logged, not what it learns:
+# a finished run that differs only in these is reused.
+IGNORED = {"out", "device", "compile", "grad_ckpt", "micro_batch", "resume", "save_every", "eval_every",
+           "eval_limit"}
+
+
+def finished_run(run) -> bool:
+    """Whether run.out holds a finished run (its eval.json) of these very settings (`run`:
+    a script's parsed flags, the argparse.Namespace it saves as args.json): False when it
+    holds none. Raises DataError when it holds one trained with other settings, rather than
+    report that run as this one or delete it."""
+    if not os.path.isfile(os.path.join(run.out, "eval.json")):
+        return False
+    try:
+        with open(os.path.join(run.out, "args.json")) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        saved = None
+    if not isinstance(saved, dict):
+        raise DataError(f"{run.out} has no readable args.json, so how it was trained is unknown; "
+                                 "use another --out or delete it")
+    wanted = json.loads(json.dumps(vars(run)))  # as args.json stores it
+    changed = [key for key in wanted if key not in IGNORED and (key not in saved or saved[key] != wanted[key])]
+    if changed:
+        old = " and ".join(f"{key}={saved.get(key, 'unset')}" for key in changed)
+        new = " and ".join(str(wanted[key]) for key in changed)
+        raise DataError(f"{run.out} was trained with {old}, this run asks for {new}; "
+                                 "use another --out or delete it")
+    return True

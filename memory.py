@@ -57,7 +57,6 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
 import model as student
-import tasks
 import tools
 
 GiB = 2 ** 30
@@ -190,8 +189,7 @@ def check(init: str, args: argparse.Namespace, questions: list[str]) -> None:
     # the longest prompt; rendering takes milliseconds a prompt, so only they are rendered. The
     # template's text can merge with a question's first or last token: a token or two either way.
     lengths = [len(ids) for ids in tokenizer(questions, add_special_tokens=False)["input_ids"]]
-    authors = not student.is_tiny(tokenizer)
-    prompt_tokens = max(len(student.encode(tokenizer, tasks.prompt(q, authors), tools.schemas())[0])
+    prompt_tokens = max(len(student.encode(tokenizer, student.prompt(tokenizer, q), tools.schemas())[0])
                         for q, n in zip(questions, lengths) if n >= max(lengths) - 2)
     device_type = "cuda" if str(args.device).startswith("cuda") else "cpu"
     terms = estimate(config, args, prompt_tokens, device_type)

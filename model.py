@@ -2,8 +2,10 @@
 whole tool-using conversations, and score tokens with log-probs.
 
 Data flow:
+    ensure_tiny()                       -> the built-in tiny default at runs/tiny, built once
     load(name)                          -> model, tokenizer (the built-in tiny default or any HF model)
     save(run_dir, model, tokenizer)     -> run_dir/checkpoint, which load(run_dir) reads back
+    prompt(tokenizer, question)         -> the chat messages a rollout starts from
     encode(tokenizer, messages, tools)  -> token ids + loss mask of a teacher trajectory (SFT)
     rollout(model, tokenizer, prompts)  -> Rollout: sampled ids, loss mask, log-probs, tool calls (RL)
     collate(rollouts) + logprobs(model) -> the tensors of the GRPO update
@@ -14,25 +16,23 @@ template and tokenized on its own, never re-tokenized from decoded model text. e
 cuts a finished conversation into the very same pieces, so SFT trains what rollouts sample.
 Padding is always carried by attention masks, never inferred from token ids.
 
-A rollout samples each turn in one loop (_sample_turn): a forward pass gives the logits,
-_pick draws the next token, the token goes back in. The forward passes run through a
-decoder: the model's own transformers forward here (_PlainDecoder), or engine.py's faster
-lean forward for the models where it computes the same logits (Qwen2).
+A rollout samples each turn through engine.py (engine.sample_turn: the decode loop, the
+sampler and the KV-cached forward passes); this file lays out the conversation around the
+turns: the prompt, the tool calls parsed and run, their results rendered by the template.
 """
+import json
 import os
 import shutil
 import tempfile
-from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import torch
 from jinja2 import TemplateError
-from transformers import (AutoModelForCausalLM, AutoTokenizer, DynamicCache, Qwen2Config, Qwen2ForCausalLM,
-                          Qwen2Tokenizer)
+from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
 
 import engine
-from tools import CALL_RE, call_tool, parse_tool_calls
+import tasks
+from tools import CALL_RE, call_tool, parse_tool_calls, schemas
 
 
 class ModelError(Exception):
@@ -41,7 +41,7 @@ class ModelError(Exception):
 
 # ------------------------------------------------------------------ the tiny default
 
-TINY_PATH = "runs/tiny"  # where the built-in tiny default is built (teacher.ensure_tiny)
+TINY_PATH = "runs/tiny"  # where the built-in tiny default is built (ensure_tiny)
 TINY_VOCAB = 1024        # 256 bytes + special tokens + merges: every word of the benchmark is one token
 TINY_SEED = 0
 
@@ -95,6 +95,32 @@ def build_tiny(path: str, texts: list[str]) -> None:
     save(path, Qwen2ForCausalLM(config), tokenizer)
 
 
+def tiny_corpus(n_train: int = 4000, seed: int = 0) -> list[str]:
+    """The text the tiny student's tokenizer learns from: the system prompt, the tool schemas,
+    and the training problems of every built-in condition, as their trajectories (teacher's
+    and demonstrator's) print them; none whose question is a test question of any condition
+    (a condition's training set holds none of its own, but may hold another's)."""
+    import teacher  # here: teacher.py's LLM teacher rolls out through this file
+
+    texts = [tasks.SYSTEM_PROMPT] + [json.dumps(s) for s in schemas()]
+    suites = {condition: tasks.benchmark(condition, n_train=n_train, seed=seed) for condition in tasks.CONDITIONS}
+    tests = {p.question for suite in suites.values() for split in ("test_id", "test_ood") for p in suite[split]}
+    for suite in suites.values():
+        for problem in (p for p in suite["train"] if p.question not in tests):
+            for plan in (problem.plan, problem.demo):
+                for m in teacher.trajectory(problem, plan)[1:] if plan else []:  # the system prompt is in already
+                    texts.append(m.get("content") or "")
+                    texts += [json.dumps(c["function"]) for c in m.get("tool_calls") or []]
+    return texts
+
+
+def ensure_tiny() -> None:
+    """Build the built-in tiny student (TINY_PATH) unless it is there already."""
+    if not checkpoint_dir(TINY_PATH):
+        print(f"building the tiny student at {TINY_PATH}")
+        build_tiny(TINY_PATH, tiny_corpus())
+
+
 # ------------------------------------------------------------------ saving and loading
 
 def save(path: str, model, tokenizer, state: dict | None = None) -> None:
@@ -135,7 +161,7 @@ def load(name_or_path: str | None = None, device: str | torch.device = "cpu", co
     save_pretrained, or a hub name. The same code path for all of them.
 
     Weights stay float32: on CUDA the forward passes run under bf16 autocast (see
-    `_autocast`), so AdamW updates at RL learning rates (1e-6) are not lost to bf16 rounding.
+    `engine.autocast`), so AdamW updates at RL learning rates (1e-6) are not lost to bf16 rounding.
     `compile=True` compiles the transformer stack for the training passes (logprobs; worth
     it on GPU); rollouts decode eagerly, since their shapes change at every step.
     `frozen=True` loads a model that is never trained (RL's reference): no gradients, and
@@ -195,11 +221,10 @@ def is_tiny(tokenizer) -> bool:
     return tokenizer.chat_template == TINY_TEMPLATE
 
 
-def _autocast(model):
-    """bf16 autocast on CUDA, nothing elsewhere (CPU stays float32)."""
-    if model.device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+def prompt(tokenizer, question: str) -> list[dict]:
+    """The chat messages that rollouts of `tokenizer`'s model start from (tasks.prompt): the
+    tiny student's short system prompt, or the authors' prompt for a real model."""
+    return tasks.prompt(question, authors=not is_tiny(tokenizer))
 
 
 # ------------------------------------------------------------------- chat layout (SFT)
@@ -276,185 +301,6 @@ def encode(tokenizer, messages: list[dict], tools: list[dict] | None) -> tuple[l
     return ids, mask
 
 
-# ------------------------------------------------------------------- the forward passes of a turn
-
-class Decoder(Protocol):
-    """The forward passes of a rollout's turns, with a KV cache. Why a cache: each new token
-    attends to every token before it; keeping their keys and values makes a decode step the
-    forward of one token per row, not of the whole sequence again.
-
-    _PlainDecoder below runs the model's own transformers forward; engine.LeanDecoder computes
-    the same logits faster for the models where it is exact (Qwen2: engine.lean_ok), and keeps
-    each conversation's cache from one turn to the next."""
-
-    def extend(self, samples: list[int], ids: list[list[int]], room: int) -> torch.Tensor:
-        """Make the live batch the conversations `samples` (numbers naming them), of token ids
-        `ids`, and forward what the cache lacks of them; `room`: the most tokens any will decode
-        next. Returns the float32 logits [B, vocab] after each conversation's last token."""
-
-    def step(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """The float32 logits [B, vocab] after one more token per row (`tokens` [B]); where
-        `valid` [B] is False the row's turn has ended and its token is not part of it."""
-
-    def keep(self, rows: torch.Tensor, samples: list[int]) -> None:
-        """Make batch rows `rows` [B'] (repeats allowed) the live batch, in that order, as the
-        conversations `samples`."""
-
-    def drop(self, gone: torch.Tensor) -> torch.Tensor:
-        """Take the rows where `gone` [B] is True out of the live batch. Returns the old numbers
-        of the rows left, in their new order."""
-
-
-class _PlainDecoder:
-    """Decoder for any causal LM: its own forward, with the cache generate() uses (DynamicCache).
-    It keeps nothing from one turn to the next: extend() forwards whole conversations."""
-
-    def __init__(self, model):
-        self.model = model
-        self.samples: list[int] = []
-
-    def extend(self, samples: list[int], ids: list[list[int]], room: int) -> torch.Tensor:
-        width, device = max(map(len, ids)), self.model.device
-        tokens = torch.zeros(len(ids), width, dtype=torch.long)
-        self.attention = torch.zeros(len(ids), width, dtype=torch.bool)  # [B, L]: True on the rows' tokens
-        for i, row in enumerate(ids):  # left-padded, so every row's next token lands in one column
-            tokens[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-            self.attention[i, width - len(row):] = True
-        tokens, self.attention = tokens.to(device), self.attention.to(device)
-        self.cache, self.samples = DynamicCache(config=self.model.config), list(samples)
-        self.pos = self.attention.sum(1)
-        return self._logits(tokens, (self.attention.cumsum(-1) - 1).clamp(min=0))
-
-    def step(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        self.attention = torch.cat([self.attention, valid[:, None]], dim=1)
-        positions = self.pos[:, None]
-        self.pos = self.pos + valid
-        return self._logits(tokens[:, None], positions)
-
-    def keep(self, rows: torch.Tensor, samples: list[int]) -> None:
-        self.cache.batch_select_indices(rows)
-        self.attention, self.pos, self.samples = self.attention[rows], self.pos[rows], samples
-
-    def drop(self, gone: torch.Tensor) -> torch.Tensor:
-        left = engine.fill_gaps(gone)[0]  # the lean decoder's order, so both sample the same
-        self.keep(left, [self.samples[r] for r in left.tolist()])
-        return left
-
-    def _logits(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=ids, attention_mask=self.attention, position_ids=positions, cache=self.cache,
-                          logits_to_keep=1).logits[:, -1].float()
-
-
-def _decoder(model) -> Decoder:
-    """The decoder of a rollout: engine.py's lean one where it computes exactly what the
-    model's own forward does, the plain one otherwise."""
-    if engine.lean_ok(model):
-        return engine.LeanDecoder(model)
-    return _PlainDecoder(model)
-
-
-# ------------------------------------------------------------------- sampling one turn
-
-def _nucleus(logp: torch.Tensor, top_k: int, top_p: float) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The tokens a sample may draw from the rows of log-probs `logp` [B, V]: the top_k most
-    likely (0: all) and, within those, the smallest set holding top_p of their mass (HF's and
-    vLLM's order). Returns their probabilities, not normalised, 0 for a token cut off, and
-    their vocabulary ids [B, K]; or [B, V] and None when nothing is cut (ids are positions).
-    top-p then sorts only the top_k candidates, which topk already returns in order, not the
-    whole vocabulary (151,936 tokens for Qwen2.5) at every step."""
-    index = None
-    if 0 < top_k < logp.shape[-1]:
-        logp, index = logp.topk(top_k, dim=-1)  # in descending order
-    elif top_p < 1.0:
-        logp, index = logp.sort(dim=-1, descending=True)
-    probs = logp.exp()
-    if top_p < 1.0:  # cut every token after the mass before it reaches top_p
-        probs = probs.masked_fill(probs.cumsum(-1) - probs > top_p * probs.sum(-1, keepdim=True), 0.0)
-    return probs, index
-
-
-def _pick(logp: torch.Tensor, top_k: int, top_p: float, greedy: bool,
-          generator: torch.Generator | None) -> torch.Tensor:
-    """The next token of each row of log-probs `logp` [B, V] (already divided by the
-    temperature): the argmax, or a sample of the top_k, top_p nucleus (_nucleus)."""
-    if greedy:
-        return logp.argmax(-1)
-    probs, index = _nucleus(logp, top_k, top_p)
-    # Inverse-CDF sampling: one uniform number per row, where torch.multinomial draws one per
-    # vocabulary entry (~1.5 ms, over a tenth of the tiny model's decode step at batch 64).
-    # float64, so even tokens of probability 1e-12 keep their share; a token of probability 0
-    # is never drawn, short of u * total rounding up to total (odds ~1e-16; the clamp keeps
-    # the index in range then).
-    cdf = probs.double().cumsum(-1)
-    u = torch.rand(len(cdf), 1, dtype=torch.float64, device=cdf.device, generator=generator) * cdf[:, -1:]
-    choice = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[-1] - 1)
-    return (choice if index is None else index.gather(1, choice)).squeeze(1)
-
-
-def end_ids(model, tokenizer) -> list[int]:
-    """The tokens that end a turn: the tokenizer's EOS and every EOS the model's generation
-    config declares (Qwen2.5-Instruct: <|im_end|> and <|endoftext|>)."""
-    declared = model.generation_config.eos_token_id
-    declared = declared if isinstance(declared, list) else [] if declared is None else [declared]
-    return sorted({tokenizer.eos_token_id, *declared})
-
-
-SYNC_EVERY = 8  # on a GPU, decode steps between looks at how many turns have ended (a host sync each)
-
-
-@torch.inference_mode()
-@torch.compiler.set_stance("force_eager")  # a compiled model decodes eagerly: shapes change every step
-def _sample_turn(model, decoder: Decoder, samples: list[int], rows: list[list[int]], n: int, budgets: list[int],
-                 ends: torch.Tensor, temperature: float, top_k: int, top_p: float, greedy: bool,
-                 generator: torch.Generator | None) -> list[tuple[list[int], list[float], bool]]:
-    """Sample one assistant turn after each token sequence of `rows`, `n` times each: the
-    conversations `samples`, the n of a row adjacent. The n samples of a row share its
-    forward (extend); sample i stops at an end token (`ends`) or after `budgets[i]` tokens.
-    Stopped samples leave the batch once they are a quarter of it (each removal copies the
-    cache, so it is batched), and cost nothing afterwards; on a GPU the count is read every
-    SYNC_EVERY steps, so the host does not wait for the device at every token.
-    Returns per sample: (sampled ids, their log-probs under softmax(logits / temperature),
-    whether the turn ended with an end token)."""
-    device, total, steps = model.device, len(samples), max(budgets)
-    budget = torch.tensor(budgets, device=device)
-    tokens = torch.zeros(total, steps, dtype=torch.long, device=device)
-    logps = torch.zeros(total, steps, device=device)
-    lengths = torch.zeros(total, dtype=torch.long, device=device)
-    ended = torch.zeros(total, dtype=torch.bool, device=device)
-    live = torch.arange(total, device=device)  # the sample each batch row belongs to
-    done = torch.zeros(total, dtype=torch.bool, device=device)  # batch rows whose turn has ended
-    with _autocast(model):
-        logits = decoder.extend(samples[::n], rows, steps)
-        if n > 1:
-            logits = logits.repeat_interleave(n, 0)
-            decoder.keep(torch.arange(len(rows), device=device).repeat_interleave(n), samples)
-        for t in range(steps):
-            logp = (logits if greedy else logits / temperature).log_softmax(-1)
-            token = _pick(logp, top_k, top_p, greedy, generator)
-            # The log-prob under softmax(logits / temperature), before top-k and top-p cut it: what
-            # logprobs(temperature=) gives, as the authors' trainer computes it.
-            # Rows whose turn has ended write past their length too; those entries are cut off below.
-            tokens[live, t] = token
-            logps[live, t] = logp.gather(1, token[:, None]).squeeze(1)
-            is_eos = torch.isin(token, ends)
-            stop = ~done & (is_eos | (budget[live] <= t + 1))
-            lengths[live] = torch.where(stop, t + 1, lengths[live])  # where(), not stop as an index: no
-            ended[live] = torch.where(stop, is_eos, ended[live])     # wait for the GPU to count the rows
-            ours = ~done  # the tokens just sampled belong to their conversations, but where a turn had ended
-            done = done | stop
-            if device.type == "cpu" or t % SYNC_EVERY == SYNC_EVERY - 1:  # reading a count waits for the GPU
-                n_done = int(done.sum())
-                if n_done == len(live):
-                    break
-                if 4 * n_done >= len(live):  # rows whose turn has ended would still cost a forward each step
-                    left = decoder.drop(done)
-                    live, token, done, ours = live[left], token[left], done[left], ours[left]
-            logits = decoder.step(token, ours)
-
-    tokens, logps, lengths, ended = tokens.tolist(), logps.tolist(), lengths.tolist(), ended.tolist()
-    return [(tokens[i][:lengths[i]], logps[i][:lengths[i]], ended[i]) for i in range(total)]
-
-
 # ------------------------------------------------------------ whole conversations (RL)
 
 @dataclass
@@ -503,7 +349,7 @@ def rollout(model, tokenizer, prompts: list[list[dict]], tools: list[dict] | Non
 
     Tokens come from softmax(logits / temperature), cut to the `top_k` most likely (0: no
     cut) and the `top_p` nucleus, or the argmax when `greedy`. Each assistant turn ends at an
-    end token (end_ids: EOS and the generation config's). A turn's tool calls are parsed and run (a malformed call
+    end token (engine.end_ids: EOS and the generation config's). A turn's tool calls are parsed and run (a malformed call
     gets its 'error: ...' text back); if turns remain, the results go back through the chat
     template and the model continues. A conversation is finished when a turn ends with EOS
     and holds no tool call; it is cut off (finished=False) when it is out of turns or out of
@@ -515,7 +361,7 @@ def rollout(model, tokenizer, prompts: list[list[dict]], tools: list[dict] | Non
     if not greedy and (temperature <= 0 or not 0 < top_p <= 1 or top_k < 0):
         raise ValueError("sampling needs temperature > 0, top_k >= 0 and 0 < top_p <= 1 (greedy=True for argmax)")
     generator = None if seed is None else torch.Generator(model.device).manual_seed(seed)
-    ends = torch.tensor(end_ids(model, tokenizer), device=model.device)
+    ends = torch.tensor(engine.end_ids(model, tokenizer), device=model.device)
     pick = (temperature, top_k, top_p, greedy, generator)
     prompt_ids = [encode(tokenizer, p, tools)[0] for p in prompts]
     runs = [Rollout(ids=list(ids), mask=[0] * len(ids), logprobs=[0.0] * len(ids), prompt_len=len(ids),
@@ -524,14 +370,14 @@ def rollout(model, tokenizer, prompts: list[list[dict]], tools: list[dict] | Non
     texts = [[] for _ in runs]
     glue = {}  # (prompt, tool results) -> the template's tokens after that tool-calling turn
 
-    decoder = _decoder(model)  # one for the whole rollout: it may keep each conversation's cache
+    decoder = engine.make_decoder(model)  # one for the whole rollout: it may keep each conversation's cache
     active = list(range(len(runs)))
     for turn in range(max_turns):
         budgets = [max_tokens - (len(runs[i].ids) - runs[i].prompt_len) for i in active]
         if turn == 0:  # the n samples of a prompt share its forward
-            sampled = _sample_turn(model, decoder, active, prompt_ids, n, budgets, ends, *pick)
+            sampled = engine.sample_turn(model, decoder, active, prompt_ids, n, budgets, ends, *pick)
         else:
-            sampled = _sample_turn(model, decoder, active, [runs[i].ids for i in active], 1, budgets, ends, *pick)
+            sampled = engine.sample_turn(model, decoder, active, [runs[i].ids for i in active], 1, budgets, ends, *pick)
         still = []
         for i, (ids, logps, ended), budget in zip(active, sampled, budgets):
             r = runs[i]
@@ -599,7 +445,7 @@ def logprobs(model, ids: torch.Tensor, mask: torch.Tensor, temperature: float = 
     [tokens, vocab] float32 logits never exist at once. Gradients flow. With `with_entropy`,
     also the per-token entropy (gradients flow too: the entropy bonus)."""
     rows, cols = (mask[:, 1:] > 0).nonzero(as_tuple=True)  # the hidden state at t predicts token t + 1
-    with _autocast(model):
+    with engine.autocast(model):
         hidden = _hidden_states(model, ids, rows, cols, prompts)
         targets, size = ids[rows, cols + 1], max(1, LOGPROB_CHUNK // model.lm_head.out_features)
         chunks = []

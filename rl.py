@@ -31,28 +31,35 @@ import teacher
 import tools
 
 # ----------------------------------------------------------------------------- settings
-# The defaults that depend on the model, side by side. "tiny" is the built-in student, trained
-# from scratch: larger steps, plain sampling. "real" is the authors' recipe (their verl run of
-# Qwen2.5-7B-Instruct) where one GPU allows it; the README lists where it differs.
-PROFILES = {
+# Every hyperparameter of a run, in the README recipe's order: (tiny, real), or one value for
+# both. "tiny" is the built-in student, trained from scratch: larger steps, plain sampling.
+# "real" is the authors' recipe (their verl run of Qwen2.5-7B-Instruct) where one GPU allows
+# it; the README lists where it differs. A flag on the command line overrides its row.
+SETTINGS = {
     #                 tiny       real
     "steps":         (60,        200),
     "prompts":       (16,        32),          # problems per step
     "group":         (8,         10),          # rollouts per problem (G)
-    "minibatch":     (8,         8),           # problems per optimizer update: prompts / minibatch updates a step
-    "micro_batch":   (16,        4),           # rollouts per forward/backward (memory only)
-    "max_tokens":    (256,       2048),        # per rollout, after the prompt (authors: 8192)
-    "temperature":   (1.0,       0.6),
-    "top_k":         (0,         20),
-    "top_p":         (1.0,       0.99),
+    "minibatch":     8,                        # problems per optimizer update: prompts / minibatch updates a step
+    "ppo_epochs":    1,
     "lr":            (1e-4,      1e-6),
-    "warmup":        (10,        0),
-    "lr_schedule":   ("cosine",  "constant"),  # after the warm-up
     "beta2":         (0.99,      0.999),       # AdamW (beta1 0.9)
     "weight_decay":  (0.0,       0.01),
+    "lr_schedule":   ("cosine",  "constant"),  # after the warm-up
+    "warmup":        (10,        0),
+    "clip_low":      0.2,
+    "clip_high":     0.2,
+    "dual_clip":     3.0,                      # bound on the loss of a negative advantage (c)
+    "kl_coef":       0.001,
     "entropy_coef":  (0.0,       0.001),
+    "temperature":   (1.0,       0.6),
+    "top_k":         (0,         20),          # 0: every token
+    "top_p":         (1.0,       0.99),
+    "max_tokens":    (256,       2048),        # per rollout, after the prompt (authors: 8192)
+    "max_turns":     5,
+    "micro_batch":   (16,        4),           # rollouts per forward/backward (memory only)
     "eval_every":    (20,        50),
-    "eval_limit":    (100,       200),
+    "eval_limit":    (100,       200),         # problems per split in periodic evaluations
 }
 # sft.py flags of the tiny warm start: a short SFT on the weak demonstrator's trajectories,
 # which plays the pretrained student (it knows the format and has habits to unlearn).
@@ -60,10 +67,9 @@ WARM_START = ["--traces", "demo", "--limit", "400", "--steps", "350", "--eval-ev
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line (sys.argv when `argv` is None), PROFILES filling what it leaves
-    unset; bad values exit through ap.error with one line."""
+    """The command line (sys.argv when `argv` is None), SETTINGS filling what it leaves
+    unset; bad values exit through ap.error with one line (check)."""
     ap = argparse.ArgumentParser(description="GRPO with the MENTOR reward (or a baseline reward).")
-    unset = dict(default=None)  # PROFILES fills it
     # what to train, from where, on what
     ap.add_argument("--model", default=None, help="HF model name or path (default: the built-in tiny student)")
     ap.add_argument("--init", default=None, help="checkpoint to start from (default: --model, or the tiny warm start)")
@@ -73,37 +79,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--data", default=None, help="folder with train.jsonl, test_id.jsonl, test_ood.jsonl "
                                                  "(default: data/CONDITION)")
     ap.add_argument("--out", default=None, help="run folder (default: runs/rl-REWARD)")
-    # rollouts
-    ap.add_argument("--steps", type=int, **unset)
-    ap.add_argument("--prompts", type=int, **unset, help="problems per step")
-    ap.add_argument("--group", type=int, **unset, help="rollouts per problem (G)")
-    ap.add_argument("--max-turns", type=int, default=5)
-    ap.add_argument("--max-tokens", type=int, **unset, help="tokens per rollout after the prompt")
-    ap.add_argument("--temperature", type=float, **unset)
-    ap.add_argument("--top-k", type=int, **unset, help="sample from the k most likely tokens (0: all)")
-    ap.add_argument("--top-p", type=float, **unset)
+    # the hyperparameters: SETTINGS has their values and what they mean
+    for key, value in SETTINGS.items():
+        tiny, real = value if isinstance(value, tuple) else (value, value)
+        default = f"default {tiny}" + ("" if tiny == real else f", with --model {real}")
+        if isinstance(tiny, str):
+            ap.add_argument(f"--{key.replace('_', '-')}", choices=["cosine", "constant"], help=default)
+        else:
+            ap.add_argument(f"--{key.replace('_', '-')}", type=type(tiny), help=default)
     ap.add_argument("--rollout-batch", type=int, default=None,
                     help="problems per rollout call (default: all of a step; fewer saves KV memory)")
-    # the update
-    ap.add_argument("--minibatch", type=int, **unset,
-                    help="problems (whole groups) per optimizer update: a step makes prompts / minibatch updates")
-    ap.add_argument("--micro-batch", type=int, **unset,
-                    help="rollouts per forward/backward; gradients accumulate, so it changes memory, not the result")
-    ap.add_argument("--ppo-epochs", type=int, default=1)
-    ap.add_argument("--lr", type=float, **unset)
-    ap.add_argument("--warmup", type=int, **unset, help="steps of linear lr warm-up")
-    ap.add_argument("--lr-schedule", choices=["cosine", "constant"], **unset,
-                    help="after the warm-up: cosine decay to 10%% of --lr, or constant")
-    ap.add_argument("--beta2", type=float, **unset, help="AdamW's second-moment decay (beta1 is 0.9)")
-    ap.add_argument("--weight-decay", type=float, **unset)
-    ap.add_argument("--kl-coef", type=float, default=0.001)
-    ap.add_argument("--entropy-coef", type=float, **unset)
-    ap.add_argument("--clip-low", type=float, default=0.2)
-    ap.add_argument("--clip-high", type=float, default=0.2)
-    ap.add_argument("--dual-clip", type=float, default=3.0, help="bound on the loss of negative advantages (c)")
-    # evaluation, checkpoints, hardware
-    ap.add_argument("--eval-every", type=int, **unset)
-    ap.add_argument("--eval-limit", type=int, **unset, help="problems per split in periodic evaluations")
+    # checkpoints, hardware
     ap.add_argument("--save-every", type=int, default=50)
     ap.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     ap.add_argument("--seed", type=int, default=0)
@@ -111,10 +97,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--compile", action="store_true", help="torch.compile the policy (CUDA)")
     ap.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing (long sequences on a real model)")
     args = ap.parse_args(argv)
-    for key, (tiny, real) in PROFILES.items():
+    for key, value in SETTINGS.items():
         if getattr(args, key) is None:
-            setattr(args, key, tiny if args.model is None else real)
+            setattr(args, key, value if not isinstance(value, tuple) else value[args.model is not None])
     args.rollout_batch = args.rollout_batch or args.prompts
+    check(ap, args)
+    args.data = args.data or os.path.join("data", args.condition)
+    args.out = args.out or f"runs/rl-{args.reward}"
+    return args
+
+
+def check(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit through ap.error, with one line, on a value the run cannot use."""
     if args.group < 2:
         ap.error("--group must be at least 2 (GRPO compares samples within a group)")
     if min(args.steps, args.prompts, args.minibatch, args.micro_batch, args.rollout_batch, args.ppo_epochs,
@@ -131,9 +125,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"--prompts ({args.prompts}) must be a multiple of --minibatch ({args.minibatch})")
     if args.data is not None and teacher.data_error(args.data):
         ap.error(teacher.data_error(args.data))
-    args.data = args.data or os.path.join("data", args.condition)
-    args.out = args.out or f"runs/rl-{args.reward}"
-    return args
 
 
 # ------------------------------------------------------------------------------ the loss
@@ -218,12 +209,6 @@ def rollout_rows(args: argparse.Namespace) -> int:
     return args.rollout_batch * args.group
 
 
-def habit_differs(record: dict) -> bool:
-    """Whether the record's habit (built-in benchmark) uses other tools than its teacher."""
-    return bool(record.get("habit") and record["teacher"]) and \
-        set(record["habit"]["tools"]) != set(record["teacher"]["tools"])
-
-
 def rollout_stats(scores: list[dict], records: list[dict], group: int) -> dict:
     """What a step's rollouts did (their scores against their `records`): the means of the
     score fields, the share of groups whose rewards all tie (they teach nothing), and the
@@ -235,7 +220,7 @@ def rollout_stats(scores: list[dict], records: list[dict], group: int) -> dict:
               for k in ("correct", "tool_match", "same_tools", "invalid_calls", "has_answer", "finished", "calls")},
            "zero_var_groups": (rewards.view(-1, group).std(1) == 0).float().mean().item(),
            "invalid_call_rate": sum(s["invalid_calls"] for s in scores) / max(1, sum(s["calls"] for s in scores))}
-    habit = [s for s, r in zip(scores, records) if habit_differs(r)]
+    habit = [s for s, r in zip(scores, records) if files.habit_differs(r)]
     if habit:
         out["same_tools_habit"] = sum(s["same_tools"] for s in habit) / len(habit)
     return out
@@ -244,13 +229,13 @@ def rollout_stats(scores: list[dict], records: list[dict], group: int) -> dict:
 def warm_start(args: argparse.Namespace) -> str:
     """The checkpoint RL starts from: --init, --model, or (tiny default) a short SFT on the
     demonstrator's trajectories of this data, trained once per data folder and seed and
-    reused while its settings are the same (sft.finished_run)."""
+    reused while its settings are the same (files.finished_run)."""
     if args.init or args.model:
         return args.init or args.model
     name = os.path.basename(os.path.normpath(args.data)) + (f"-s{args.seed}" if args.seed else "")
     warm = sft.parse_args(WARM_START + ["--out", f"runs/warm-{name}", "--condition", args.condition,
                                        "--data", args.data, "--seed", str(args.seed), "--device", args.device])
-    if not sft.finished_run(warm):
+    if not files.finished_run(warm):
         print(f"rl: no warm start yet; training one ({' '.join(WARM_START)})")
         sft.train(warm)
     return warm.out
@@ -307,11 +292,10 @@ def grpo_step(policy, ref, opt, tokenizer, problems: list[dict], args: argparse.
 
     # 1. Roll out G conversations per problem with the current policy.
     policy.eval()
-    authors = not student.is_tiny(tokenizer)
     rollouts = []
     for i in range(0, len(problems), args.rollout_batch):
         rollouts += student.rollout(
-            policy, tokenizer, [tasks.prompt(p["question"], authors) for p in problems[i:i + args.rollout_batch]],
+            policy, tokenizer, [student.prompt(tokenizer, p["question"]) for p in problems[i:i + args.rollout_batch]],
             tools.schemas(), n=G, max_turns=args.max_turns, max_tokens=args.max_tokens, temperature=T,
             top_k=args.top_k, top_p=args.top_p, seed=args.seed * 1_000_003 + step * 1009 + i)
     t_rollout = clock(device)

@@ -25,9 +25,9 @@ import tasks
 import teacher
 import tools
 
-# The defaults that depend on the model, side by side: the tiny built-in student learns from
+# Every hyperparameter of a run, (tiny, real) side by side: the tiny built-in student learns from
 # scratch and wants a large learning rate; a pretrained model only needs a gentle nudge.
-PROFILES = {
+SETTINGS = {
     #                tiny    real
     "steps":        (450,   500),
     "batch_size":   (32,    8),
@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     args = ap.parse_args(argv)
-    for key, (tiny, real) in PROFILES.items():
+    for key, (tiny, real) in SETTINGS.items():
         if getattr(args, key) is None:
             setattr(args, key, tiny if args.model is None else real)
     if min(args.steps, args.batch_size, args.eval_limit, 1 if args.limit is None else args.limit) < 1 or args.lr <= 0:
@@ -106,41 +106,11 @@ def train_step(policy, opt: torch.optim.Optimizer, ids: torch.Tensor, mask: torc
     return loss.item(), grad_norm.item()
 
 
-def conversation(record: dict, messages: list[dict], authors: bool) -> list[dict]:
+def conversation(tokenizer, record: dict, messages: list[dict]) -> list[dict]:
     """A trajectory of `record` (its `messages`) behind the student's own prompt
-    (tasks.prompt), so SFT trains on the very prompt that rollouts and evaluations start from."""
+    (student.prompt), so SFT trains on the very prompt that rollouts and evaluations start from."""
     first = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    return tasks.prompt(record["question"], authors) + messages[first:]
-
-
-# Run settings that say where and how a run is written, run or logged, not what it learns:
-# a finished run that differs only in these is reused.
-IGNORED = {"out", "device", "compile", "grad_ckpt", "micro_batch", "resume", "save_every", "eval_every",
-           "eval_limit"}
-
-
-def finished_run(run: argparse.Namespace) -> bool:
-    """Whether run.out holds a finished run (its eval.json) of these very settings: False
-    when it holds none. Raises ModelError when it holds one trained with other settings
-    (its args.json), rather than report that run as this one or delete it."""
-    if not os.path.isfile(os.path.join(run.out, "eval.json")):
-        return False
-    try:
-        with open(os.path.join(run.out, "args.json")) as f:
-            saved = json.load(f)
-    except (OSError, ValueError):
-        saved = None
-    if not isinstance(saved, dict):
-        raise student.ModelError(f"{run.out} has no readable args.json, so how it was trained is unknown; "
-                                 "use another --out or delete it")
-    wanted = json.loads(json.dumps(vars(run)))  # as args.json stores it
-    changed = [key for key in wanted if key not in IGNORED and (key not in saved or saved[key] != wanted[key])]
-    if changed:
-        old = " and ".join(f"{key}={saved.get(key, 'unset')}" for key in changed)
-        new = " and ".join(str(wanted[key]) for key in changed)
-        raise student.ModelError(f"{run.out} was trained with {old}, this run asks for {new}; "
-                                 "use another --out or delete it")
-    return True
+    return student.prompt(tokenizer, record["question"]) + messages[first:]
 
 
 def train(args: argparse.Namespace) -> dict[str, dict]:
@@ -154,10 +124,9 @@ def train(args: argparse.Namespace) -> dict[str, dict]:
     splits = {name: files.load_records(paths[split], need_teacher=False)
               for name, split in (("ID", "test_id"), ("OOD", "test_ood"))}
     if args.model is None:
-        teacher.ensure_tiny()
+        student.ensure_tiny()
     policy, tokenizer = student.load(args.model, device=args.device, compile=args.compile)
-    authors = not student.is_tiny(tokenizer)
-    examples = [student.encode(tokenizer, conversation(r, t, authors), tools.schemas()) for r, t in zip(records, traces)]
+    examples = [student.encode(tokenizer, conversation(tokenizer, r, t), tools.schemas()) for r, t in zip(records, traces)]
     os.makedirs(args.out, exist_ok=True)
     files.write_json(os.path.join(args.out, "args.json"), vars(args))
     log = open(os.path.join(args.out, "metrics.jsonl"), "w")

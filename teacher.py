@@ -12,7 +12,6 @@ are kept (rejection sampling).
 The record format and its loading (the authors' released rows too) are in files.py.
 """
 import argparse
-import json
 import os
 import sys
 from collections import Counter
@@ -69,32 +68,6 @@ def record(problem: tasks.Problem, messages: list[dict]) -> dict:
     return r
 
 
-def tiny_corpus(n_train: int = 4000, seed: int = 0) -> list[str]:
-    """The text the tiny student's tokenizer learns from: the system prompt, the tool schemas,
-    and the training problems of every built-in condition, as their trajectories (teacher's
-    and demonstrator's) print them; none whose question is a test question of any condition
-    (a condition's training set holds none of its own, but may hold another's)."""
-    texts = [tasks.SYSTEM_PROMPT] + [json.dumps(s) for s in tools.schemas()]
-    suites = {condition: tasks.benchmark(condition, n_train=n_train, seed=seed) for condition in tasks.CONDITIONS}
-    tests = {p.question for suite in suites.values() for split in ("test_id", "test_ood") for p in suite[split]}
-    for suite in suites.values():
-        for problem in (p for p in suite["train"] if p.question not in tests):
-            for plan in (problem.plan, problem.demo):
-                for m in trajectory(problem, plan)[1:] if plan else []:  # the system prompt is in already
-                    texts.append(m.get("content") or "")
-                    texts += [json.dumps(c["function"]) for c in m.get("tool_calls") or []]
-    return texts
-
-
-def ensure_tiny() -> None:
-    """Build the built-in tiny student (model.TINY_PATH) unless it is there already."""
-    import model as student  # imported here: the scripted teacher needs no torch model
-
-    if not student.checkpoint_dir(student.TINY_PATH):
-        print(f"building the tiny student at {student.TINY_PATH}")
-        student.build_tiny(student.TINY_PATH, tiny_corpus())
-
-
 # ------------------------------------------------------------------------- the LLM teacher
 
 def llm_records(model_path: str, problems: list[tasks.Problem], samples: int, seed: int,
@@ -105,12 +78,11 @@ def llm_records(model_path: str, problems: list[tasks.Problem], samples: int, se
     import model as student  # imported here: the scripted teacher needs no torch model
 
     policy, tokenizer = student.load(model_path, device)
-    authors = not student.is_tiny(tokenizer)
     kept = []
     with tqdm(total=len(problems), desc="teacher", unit="problem") as bar:
         for start in range(0, len(problems), batch):
             chunk = problems[start:start + batch]
-            prompts = [tasks.prompt(p.question, authors) for p in chunk]
+            prompts = [student.prompt(tokenizer, p.question) for p in chunk]
             rollouts = student.rollout(policy, tokenizer, prompts, tools.schemas(), n=samples,
                                        seed=seed + start, temperature=0.7)
             for i, problem in enumerate(chunk):

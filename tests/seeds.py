@@ -52,7 +52,7 @@ def worker(seeds: int) -> dict[str, list[float]]:
         os.chdir(work)
         for split, problems in tasks.benchmark("hidden", n_train=200, n_test=8).items():  # as the fixture
             files.write_jsonl(f"data/hidden/{split}.jsonl", [teacher.record(p, teacher.trajectory(p)) for p in problems])
-        teacher.ensure_tiny()
+        model.ensure_tiny()
         template, qwen3 = open(test_model.TEMPLATE).read(), open(test_model.QWEN3).read()
         for seed in range(seeds):
             warm = f"runs/warm{seed}"

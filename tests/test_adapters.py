@@ -10,7 +10,6 @@ The teacher called `add`; the gold answer is 7 (3 + 4).
 """
 import json
 import os
-import sys
 from itertools import takewhile
 
 import numpy as np
@@ -18,9 +17,8 @@ import pytest
 from pytest import approx
 from transformers import AutoTokenizer, GenerationConfig, Qwen2Tokenizer, TrainerState
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import reward  # noqa: E402
-import tools  # noqa: E402
+import reward
+import tools
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "qwen2.5-instruct.chat_template.jinja")
 SCHEMAS = [tools.SCHEMAS["add"], tools.SCHEMAS["multiply"]]

@@ -9,7 +9,7 @@ import pytest
 
 import bench
 import compare
-import model
+import files
 import rl
 import sft
 
@@ -58,7 +58,7 @@ def test_compare_reuses_a_run_of_the_same_settings(tmp_path, no_training):
 def test_compare_refuses_a_run_of_other_settings(tmp_path, no_training, method, flags, message):
     warm = str(tmp_path / "warm-s0")
     finished_run(compare.method_args("hidden", method, 0, warm, compare.parse_args(["--out", str(tmp_path)])))
-    with pytest.raises(model.ModelError, match=message):
+    with pytest.raises(files.DataError, match=message):
         compare.run_method("hidden", method, 0, warm, compare.parse_args(["--out", str(tmp_path)] + flags))
 
 
@@ -68,7 +68,7 @@ def test_compare_refuses_an_rl_run_of_fewer_steps(tmp_path, no_training):
     finished_run(rl.parse_args(["--condition", "hidden", "--device", "cpu", "--seed", "0", "--out", out, "--init", warm,
                                 "--reward", "mentor", "--steps", "40", "--eval-every", "0"]))
     assert compare.run_method("hidden", "mentor", 0, warm, compare.parse_args(["--out", str(tmp_path)])) == out
-    with pytest.raises(model.ModelError, match=f"^{out} was trained with steps=40, this run asks for 5; "):
+    with pytest.raises(files.DataError, match=f"^{out} was trained with steps=40, this run asks for 5; "):
         compare.run_method("hidden", "mentor", 0, warm, compare.parse_args(["--out", str(tmp_path), "--rl-steps", "5"]))
 
 
@@ -76,14 +76,14 @@ def test_compare_refuses_a_warm_start_of_other_settings(tmp_path, no_training, m
     args = compare.parse_args(["--out", str(tmp_path)])
     finished_run(compare.warm_args("hidden", 0, args))
     args.warm_start = rl.WARM_START + ["--lr", "0.01"]
-    with pytest.raises(model.ModelError, match="warm-s0 was trained with lr=0.003, this run asks for 0.01"):
+    with pytest.raises(files.DataError, match="warm-s0 was trained with lr=0.003, this run asks for 0.01"):
         compare.run_warm("hidden", 0, args)
 
 
 def test_compare_refuses_a_finished_run_without_args(tmp_path, no_training):
     (tmp_path / "hidden" / "mentor-s0").mkdir(parents=True)
     (tmp_path / "hidden" / "mentor-s0" / "eval.json").write_text("{}")
-    with pytest.raises(model.ModelError, match="mentor-s0 has no readable args.json"):
+    with pytest.raises(files.DataError, match="mentor-s0 has no readable args.json"):
         compare.run_method("hidden", "mentor", 0, str(tmp_path / "warm-s0"),
                            compare.parse_args(["--out", str(tmp_path)]))
 

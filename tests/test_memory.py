@@ -11,14 +11,13 @@ import torch
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import files  # noqa: E402
-import memory  # noqa: E402
-import model  # noqa: E402
-import rl  # noqa: E402
-import tasks  # noqa: E402
-import teacher  # noqa: E402
-import tools  # noqa: E402
+import files
+import memory
+import model
+import rl
+import tasks
+import teacher
+import tools
 
 TEMPLATE = os.path.join(ROOT, "tests", "fixtures", "qwen2.5-instruct.chat_template.jinja")
 GiB = 2 ** 30
@@ -152,7 +151,7 @@ def test_what_fits_an_80gb_gpu_with_the_real_profile():
 def test_the_readmes_gpu_commands_fit_their_gpus():
     """Every `python rl.py` / `python bench.py` line of the README that names a Qwen2.5 model
     and a GPU size fits that GPU by memory.estimate, with exactly its flags."""
-    import bench  # noqa: E402 (a script; only its flags are read)
+    import bench  # a script; only its flags are read
     commands = re.findall(r"^python (rl|bench)\.py (.*Qwen2\.5-([\d.]+B).*?)\s+# (\d+) GB GPU", open(
         os.path.join(ROOT, "README.md")).read(), re.MULTILINE)
     assert len(commands) == 3

@@ -4,16 +4,13 @@
     else 0.7 * correct + 0.3 * match * (1 if correct else 0.2) + 0.1 * (no invalid call)
 """
 import json
-import os
-import sys
 
 import pytest
 from pytest import approx
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import reward  # noqa: E402
-import files  # noqa: E402
-import tools  # noqa: E402
+import reward
+import files
+import tools
 
 score = reward.score_text  # the text form: calls parsed from the completion
 

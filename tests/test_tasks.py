@@ -1,14 +1,12 @@
 """tasks.py: the benchmark (families, splits, answers) and answer checking."""
 import math
-import os
 import re
 import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import tasks  # noqa: E402
-import tools  # noqa: E402
+import tasks
+import tools
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,11 @@
 """tools.py: the twelve tools, their schemas, the <tool_call> parser and the safe executor."""
 import json
-import os
 import random
-import sys
 import time
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import tools  # noqa: E402
+import tools
 
 TWELVE = ["add", "subtract", "multiply", "divide", "sum_numbers", "floor", "ceil",
           "round_number", "power", "sqrt", "abs_value", "modulo"]

@@ -11,15 +11,14 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import evaluate  # noqa: E402
-import files  # noqa: E402
-import model  # noqa: E402
-import rl  # noqa: E402
-import sft  # noqa: E402
-import tasks  # noqa: E402
-import teacher  # noqa: E402
-import tools  # noqa: E402
+import evaluate
+import files
+import model
+import rl
+import sft
+import tasks
+import teacher
+import tools
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +30,7 @@ def workdir(tmp_path_factory):
                             [teacher.record(p, teacher.trajectory(p)) for p in problems])
     old = os.getcwd()
     os.chdir(path)
-    teacher.ensure_tiny()  # builds runs/tiny
+    model.ensure_tiny()  # builds runs/tiny
     yield path
     os.chdir(old)
 
@@ -271,7 +270,7 @@ def test_compare_runs_every_method_over_seeds_and_reuses_finished_runs(warm, mon
     monkeypatch.setattr(rl, "WARM_START", ["--traces", "demo", "--limit", "32", "--steps", "4", "--eval-every", "0"])
     # a barely trained student talks long: small steps and budgets
     for key, value in dict(prompts=4, group=2, minibatch=2, max_tokens=64).items():
-        monkeypatch.setitem(rl.PROFILES, key, (value, rl.PROFILES[key][1]))
+        monkeypatch.setitem(rl.SETTINGS, key, value)
     argv = ["compare.py", "--conditions", "hidden", "--seeds", "2", "--rl-steps", "1", "--sft-steps", "2",
             "--out", "runs/cmp", "--methods", "sft-matched", "mentor"]
     monkeypatch.setattr(sys, "argv", argv)
