@@ -29,6 +29,7 @@ import torch
 
 import files
 import model as student
+import plot
 import reward
 import rl
 import sft
@@ -209,37 +210,17 @@ def report(runs: dict[str, dict[str, list[str]]]) -> tuple[dict, str]:
     return results, "\n".join(lines)
 
 
-def plot(runs: dict[str, dict[str, list[str]]], path: str) -> None:
-    """Per condition (a row), per GRPO step: the share of groups whose rewards differ, and the
-    share of rollouts on habit problems that use the teacher's tools; one line per method,
-    the mean over seeds."""
+def curves(runs: dict[str, dict[str, list[str]]], path: str) -> None:
+    """plot.py's panels, a row per condition, a line per GRPO method (the mean of its seeds'
+    runs, `runs`: condition -> method -> run folders), to the image `path`."""
+    rows = {condition: {method: plot.mean([plot.series(folder) for folder in folders])
+                        for method, folders in methods.items() if METHODS.get(method, method) in reward.MODES}
+            for condition, methods in runs.items()}  # the warm start and SFT have no rollouts
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plot.draw(rows, path)
     except ImportError:
         print("matplotlib is not installed: no curves.png (pip install matplotlib)")
         return
-    keys = {"spread_groups": "groups with reward spread", "same_tools_habit": "teacher's tools on habit problems"}
-    fig, axes = plt.subplots(len(runs), len(keys), figsize=(10, 3.2 * len(runs)), squeeze=False)
-    for row, (condition, methods) in zip(axes, runs.items()):
-        for method, folders in methods.items():
-            if METHODS.get(method, method) not in reward.MODES:  # the warm start and SFT have no rollouts
-                continue
-            logs = []
-            for folder in folders:
-                with open(os.path.join(folder, "metrics.jsonl")) as f:
-                    logs.append([json.loads(line) for line in f])
-            steps = min(len(log) for log in logs)
-            for ax, key in zip(row, keys):
-                values = [statistics.mean(1 - log[i]["zero_var_groups"] if key == "spread_groups"
-                                          else log[i].get(key, float("nan")) for log in logs) for i in range(steps)]
-                ax.plot(range(1, steps + 1), values, label=method)
-                ax.set_title(f"{condition}: {keys[key]}", fontsize=9)
-                ax.set_xlabel("step")
-        row[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
     print(f"wrote {path}")
 
 
@@ -274,7 +255,7 @@ def main() -> None:
     minutes = (time.time() - t0) / 60
     files.write_json(os.path.join(args.out, "results.json"), {"seeds": args.seeds, "minutes": minutes, **results})
     print(f"{args.seeds} seeds, mean ± std, {minutes:.1f} min\n{table}")
-    plot(runs, os.path.join(args.out, "curves.png"))
+    curves(runs, os.path.join(args.out, "curves.png"))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import evaluate
 import files
 import memory
 import model as student
+import plot
 import reward
 import sft
 import tasks
@@ -443,6 +444,10 @@ def train(args: argparse.Namespace) -> dict:
     after = evaluate.evaluate_splits(policy, tokenizer, splits, None, args.max_turns, args.max_tokens, rollout_rows(args))
     files.write_json(os.path.join(args.out, "eval.json"), after)
     log.close()
+    try:  # the run's curves, where matplotlib is installed
+        plot.draw({args.out: {args.reward: plot.series(args.out)}}, os.path.join(args.out, "curves.png"))
+    except ImportError:
+        pass
     print(evaluate.table({f"before ({init})": before, f"after ({args.out})": after}))
     for name in after:
         print(f"{name} accuracy: {before[name]['accuracy']:.1%} -> {after[name]['accuracy']:.1%}")
