@@ -135,9 +135,8 @@ def grpo_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -
 
     GRPO needs no value network: a rollout's baseline is the mean of the G rollouts of its
     own problem, and dividing by their spread puts easy and hard problems on one scale. A
-    group whose rewards are all equal carries no signal and gets exactly 0: its float32 mean
-    can be off by an ulp, and that error divided by (0 + eps) would push the whole group up
-    or down (by -0.056 for eight rewards of 0.8)."""
+    group whose rewards are all equal carries no signal and gets exactly 0 (not the rounding
+    error of its mean divided by eps)."""
     r = rewards.view(-1, group_size)
     adv = (r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + eps)
     return adv.masked_fill((r == r[:, :1]).all(1, keepdim=True), 0.0).view(-1)
