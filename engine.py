@@ -335,7 +335,8 @@ class LeanDecoder:
         self.cos = self.sin = torch.zeros(0, self.head_dim, device=model.device)
         self.samples: list[int] = []
         self.parked: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # sample -> its keys, values
-        self.keys = self.values = torch.zeros(len(self.layers), 0, self.kv_heads, 0, self.head_dim)
+        self.keys = self.values = torch.zeros(len(self.layers), 0, self.kv_heads, 0, self.head_dim,
+                                              dtype=self.dtype, device=model.device)
         self.valid = torch.zeros(0, 0, dtype=torch.bool, device=model.device)
         self.pos = torch.zeros(0, dtype=torch.long, device=model.device)
         self.length = 0  # the columns filled so far

@@ -126,6 +126,15 @@ def test_top_p_within_the_top_k_equals_top_p_over_the_vocabulary():
         assert torch.equal(dense, over_the_vocabulary(top_k, top_p)), (top_k, top_p)
 
 
+def test_the_lean_decoders_buffers_live_on_the_models_device():
+    """A CUDA model's decoder must not start from CPU buffers: the first extend indexes them
+    with device tensors. Checked on the meta device, which CPU tensors would betray as well."""
+    decoder = engine.LeanDecoder(tiny_qwen2().to("meta"))
+    buffers = [decoder.keys, decoder.values, decoder.valid, decoder.pos, decoder.cos, decoder.lm_head,
+               decoder.layers[0]["qkv"]]
+    assert all(b.device.type == "meta" for b in buffers)
+
+
 def test_rows_leave_a_batch_by_moving_the_last_ones_into_the_gaps():
     order, gaps, movers = engine.fill_gaps(torch.tensor([True, False, True, False, False, True, False]))
     assert order.tolist() == [4, 1, 6, 3] and gaps.tolist() == [0, 2] and movers.tolist() == [4, 6]
