@@ -1,8 +1,8 @@
 """The hand-written GRPO loop: `python rl.py` is the project's main job.
 
-    python rl.py                                      # tiny default, offline: data, warm start, MENTOR GRPO
-    python rl.py --reward sparse                      # the same, with the outcome-only reward
-    python rl.py --model Qwen/Qwen2.5-1.5B-Instruct   # one GPU, a real model, the authors' recipe
+    python rl.py                         # tiny default, offline: data, warm start, MENTOR GRPO
+    python rl.py --reward sparse         # the same, with the outcome-only reward
+    python rl.py --model Qwen/Qwen2.5-1.5B-Instruct   # one GPU, the authors' recipe
 
 Each step, in five stages: (1) sample problems and roll each out G times with the tools;
 (2) score every rollout against the answer and the teacher's tools (reward.py) and turn the
@@ -41,7 +41,7 @@ SETTINGS = {
     "steps":         (60,        200),
     "prompts":       (16,        32),          # problems per step
     "group":         (8,         10),          # rollouts per problem (G)
-    "minibatch":     8,                        # problems per optimizer update: prompts / minibatch updates a step
+    "minibatch":     8,                        # problems per update: prompts / minibatch a step
     "ppo_epochs":    1,
     "lr":            (1e-4,      1e-6),
     "beta2":         (0.99,      0.999),       # AdamW (beta1 0.9)
@@ -72,35 +72,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unset; bad values exit through ap.error with one line (check)."""
     ap = argparse.ArgumentParser(description="GRPO with the MENTOR reward (or a baseline reward).")
     # what to train, from where, on what
-    ap.add_argument("--model", default=None, help="HF model name or path (default: the built-in tiny student)")
-    ap.add_argument("--init", default=None, help="checkpoint to start from (default: --model, or the tiny warm start)")
+    ap.add_argument("--model", default=None,
+                    help="HF model name or path (default: the built-in tiny student)")
+    ap.add_argument("--init", default=None,
+                    help="checkpoint to start from (default: --model, or the tiny warm start)")
     ap.add_argument("--reward", default="mentor", choices=reward.MODES)
     ap.add_argument("--condition", default="hidden", choices=tasks.CONDITIONS,
                     help="the built-in benchmark, written to data/CONDITION unless it is there")
-    ap.add_argument("--data", default=None, help="folder with train.jsonl, test_id.jsonl, test_ood.jsonl "
-                                                 "(default: data/CONDITION)")
+    ap.add_argument("--data", default=None, help="folder with train.jsonl, test_id.jsonl, "
+                                                 "test_ood.jsonl (default: data/CONDITION)")
     ap.add_argument("--out", default=None, help="run folder (default: runs/rl-REWARD)")
     # the hyperparameters: SETTINGS has their values and what they mean
     for key, value in SETTINGS.items():
         tiny, real = value if isinstance(value, tuple) else (value, value)
-        default = f"default {tiny}" + ("" if tiny == real else f", with --model {real}")
+        flag, default = "--" + key.replace("_", "-"), f"default {tiny}" + (
+            "" if tiny == real else f", with --model {real}")
         if isinstance(tiny, str):
-            ap.add_argument(f"--{key.replace('_', '-')}", choices=["cosine", "constant"], help=default)
+            ap.add_argument(flag, choices=["cosine", "constant"], help=default)
         else:
-            ap.add_argument(f"--{key.replace('_', '-')}", type=type(tiny), help=default)
+            ap.add_argument(flag, type=type(tiny), help=default)
     ap.add_argument("--rollout-batch", type=int, default=None,
-                    help="problems per rollout call (default: all of a step; fewer saves KV memory)")
+                    help="problems per rollout call (default: a step's; fewer saves KV memory)")
     # checkpoints, hardware
     ap.add_argument("--save-every", type=int, default=50)
-    ap.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue from the run folder's last checkpoint")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--compile", action="store_true", help="torch.compile the policy (CUDA)")
-    ap.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing (long sequences on a real model)")
+    ap.add_argument("--grad-ckpt", action="store_true",
+                    help="gradient checkpointing (long sequences on a real model)")
     args = ap.parse_args(argv)
     for key, value in SETTINGS.items():
         if getattr(args, key) is None:
-            setattr(args, key, value if not isinstance(value, tuple) else value[args.model is not None])
+            real = args.model is not None
+            setattr(args, key, value[real] if isinstance(value, tuple) else value)
     args.rollout_batch = args.rollout_batch or args.prompts
     check(ap, args)
     args.data = args.data or os.path.join("data", args.condition)
@@ -112,14 +118,15 @@ def check(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Exit through ap.error, with one line, on a value the run cannot use."""
     if args.group < 2:
         ap.error("--group must be at least 2 (GRPO compares samples within a group)")
-    if min(args.steps, args.prompts, args.minibatch, args.micro_batch, args.rollout_batch, args.ppo_epochs,
-           args.max_turns, args.max_tokens, args.save_every, args.eval_limit) < 1 or min(args.lr, args.temperature) <= 0:
-        ap.error("--steps, --prompts, --minibatch, --micro-batch, --rollout-batch, --ppo-epochs, --max-turns, "
-                 "--max-tokens, --save-every, --eval-limit, --lr and --temperature must be positive")
-    if min(args.warmup, args.eval_every, args.kl_coef, args.entropy_coef, args.clip_low, args.clip_high,
-           args.top_k, args.weight_decay) < 0:
-        ap.error("--warmup, --eval-every, --kl-coef, --entropy-coef, --clip-low, --clip-high, --top-k and "
-                 "--weight-decay cannot be negative")
+    counts = ("steps", "prompts", "minibatch", "micro_batch", "rollout_batch", "ppo_epochs",
+              "max_turns", "max_tokens", "save_every", "eval_limit")
+    if min(getattr(args, k) for k in counts) < 1 or min(args.lr, args.temperature) <= 0:
+        ap.error(", ".join("--" + k.replace("_", "-") for k in counts) + ", --lr and --temperature "
+                 "must be positive")
+    rates = ("warmup", "eval_every", "kl_coef", "entropy_coef", "clip_low", "clip_high", "top_k",
+             "weight_decay")
+    if min(getattr(args, k) for k in rates) < 0:
+        ap.error(", ".join("--" + k.replace("_", "-") for k in rates) + " cannot be negative")
     if not 0 < args.top_p <= 1 or not 0 <= args.beta2 < 1 or args.dual_clip <= 1:
         ap.error("--top-p must be in (0, 1], --beta2 in [0, 1) and --dual-clip above 1")
     if args.prompts % args.minibatch:
@@ -142,8 +149,9 @@ def grpo_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -
     return adv.masked_fill((r == r[:, :1]).all(1, keepdim=True), 0.0).view(-1)
 
 
-def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip_low: float = 0.2,
-                clip_high: float = 0.2, dual_clip: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
+def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+                clip_low: float = 0.2, clip_high: float = 0.2,
+                dual_clip: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The PPO clipped surrogate with dual clip, per token. logp, old_logp: [B, T];
     advantages: [B], one per sequence (every token of a rollout shares its group-relative
     advantage). Returns (loss [B, T], clipped [B, T]: 1.0 where the ratio's clip was active).
@@ -179,7 +187,9 @@ def micro_batches(lengths: torch.Tensor, rows: torch.Tensor, size: int) -> list[
     """The batch rows `rows` in micro-batches of `size`, longest first: rows of similar length
     share a micro-batch, so little of each is padding (one long rollout no longer pads
     a whole mini-batch to its length)."""
-    return list(rows[lengths[rows].argsort(descending=True, stable=True)].split(size)) if len(rows) else []
+    if not len(rows):
+        return []
+    return list(rows[lengths[rows].argsort(descending=True, stable=True)].split(size))
 
 
 def trim(data: dict, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -200,7 +210,8 @@ def batched_logprobs(policy, data: dict, minibatches: list[torch.Tensor], size: 
         for rows in minibatches:
             for micro in micro_batches(data["lengths"], rows, size):
                 ids, mask, prompts = trim(data, micro)
-                out[micro, :ids.shape[1]] = student.logprobs(policy, ids, mask, temperature, prompts=prompts)
+                logp = student.logprobs(policy, ids, mask, temperature, prompts=prompts)
+                out[micro, :ids.shape[1]] = logp
     return out
 
 
@@ -215,11 +226,13 @@ def rollout_stats(scores: list[dict], records: list[dict], group: int) -> dict:
     share of rollouts that use exactly the teacher's tools, overall and on the problems where
     a habit would pick other ones."""
     rewards = torch.tensor([s["reward"] for s in scores])
+    fields = ("correct", "tool_match", "same_tools", "invalid_calls", "has_answer", "finished",
+              "calls")
+    calls = sum(s["calls"] for s in scores)
     out = {"reward": rewards.mean().item(), "reward_std": rewards.std().item(),
-           **{k: sum(float(s[k]) for s in scores) / len(scores)
-              for k in ("correct", "tool_match", "same_tools", "invalid_calls", "has_answer", "finished", "calls")},
+           **{k: sum(float(s[k]) for s in scores) / len(scores) for k in fields},
            "zero_var_groups": (rewards.view(-1, group).std(1) == 0).float().mean().item(),
-           "invalid_call_rate": sum(s["invalid_calls"] for s in scores) / max(1, sum(s["calls"] for s in scores))}
+           "invalid_call_rate": sum(s["invalid_calls"] for s in scores) / max(1, calls)}
     habit = [s for s, r in zip(scores, records) if files.habit_differs(r)]
     if habit:
         out["same_tools_habit"] = sum(s["same_tools"] for s in habit) / len(habit)
@@ -234,7 +247,8 @@ def warm_start(args: argparse.Namespace) -> str:
         return args.init or args.model
     name = os.path.basename(os.path.normpath(args.data)) + (f"-s{args.seed}" if args.seed else "")
     warm = sft.parse_args(WARM_START + ["--out", f"runs/warm-{name}", "--condition", args.condition,
-                                       "--data", args.data, "--seed", str(args.seed), "--device", args.device])
+                                       "--data", args.data, "--seed", str(args.seed),
+                                       "--device", args.device])
     if not files.finished_run(warm):
         print(f"rl: no warm start yet; training one ({' '.join(WARM_START)})")
         sft.train(warm)
@@ -250,10 +264,17 @@ def starting_eval(init: str, policy, tokenizer, splits: dict, args: argparse.Nam
         with open(path) as f:
             saved = json.load(f)
         wanted = [args.max_turns, args.max_tokens]
-        if all(saved.get(name, {}).get("data") == evaluate.fingerprint(recs) and saved[name].get("limits") == wanted
-               for name, recs in splits.items()):
+        if all(saved.get(name, {}).get("data") == evaluate.fingerprint(recs)
+               and saved[name].get("limits") == wanted for name, recs in splits.items()):
             return saved
-    return evaluate.evaluate_splits(policy, tokenizer, splits, None, args.max_turns, args.max_tokens, rollout_rows(args))
+    return evaluate_all(policy, tokenizer, splits, args)
+
+
+def evaluate_all(policy, tokenizer, splits: dict, args: argparse.Namespace,
+                 limit: int | None = None) -> dict:
+    """evaluate.evaluate_splits at the run's turn and token budgets and rollout batch."""
+    return evaluate.evaluate_splits(policy, tokenizer, splits, limit, args.max_turns,
+                                    args.max_tokens, rollout_rows(args))
 
 
 def saved_state(args: argparse.Namespace) -> dict | None:
@@ -266,9 +287,10 @@ def saved_state(args: argparse.Namespace) -> dict | None:
     if not ckpt or not os.path.isfile(os.path.join(ckpt, "trainer_state.pt")):
         raise student.ModelError(f"{args.out}: no checkpoint to resume from")
     state = torch.load(os.path.join(ckpt, "trainer_state.pt"), weights_only=False)
-    if state["reward"] != args.reward or (args.init or args.model or state["init"]) != state["init"]:
-        raise student.ModelError(f"{args.out} was trained with --reward {state['reward']} from {state['init']}; "
-                                 "resume it with the same")
+    start = args.init or args.model or state["init"]
+    if state["reward"] != args.reward or start != state["init"]:
+        raise student.ModelError(f"{args.out} was trained with --reward {state['reward']} from "
+                                 f"{state['init']}; resume it with the same")
     return state
 
 
@@ -282,7 +304,8 @@ def clock(device: str) -> float:
     return time.perf_counter()
 
 
-def grpo_step(policy, ref, opt, tokenizer, problems: list[dict], args: argparse.Namespace, step: int) -> dict:
+def grpo_step(policy, ref, opt, tokenizer, problems: list[dict], args: argparse.Namespace,
+              step: int) -> dict:
     """Stages 1-4 of one GRPO step on `problems`, as configured by `args` (rl.py's flags),
     `step` seeding the samples. Returns the step's log row: what the rollouts did
     (rollout_stats), the per-token means of the loss terms, and the FLOPs and seconds of each
@@ -294,10 +317,12 @@ def grpo_step(policy, ref, opt, tokenizer, problems: list[dict], args: argparse.
     policy.eval()
     rollouts = []
     for i in range(0, len(problems), args.rollout_batch):
-        rollouts += student.rollout(
-            policy, tokenizer, [student.prompt(tokenizer, p["question"]) for p in problems[i:i + args.rollout_batch]],
-            tools.schemas(), n=G, max_turns=args.max_turns, max_tokens=args.max_tokens, temperature=T,
-            top_k=args.top_k, top_p=args.top_p, seed=args.seed * 1_000_003 + step * 1009 + i)
+        prompts = [student.prompt(tokenizer, p["question"])
+                   for p in problems[i:i + args.rollout_batch]]
+        rollouts += student.rollout(policy, tokenizer, prompts, tools.schemas(), n=G,
+                                    max_turns=args.max_turns, max_tokens=args.max_tokens,
+                                    temperature=T, top_k=args.top_k, top_p=args.top_p,
+                                    seed=args.seed * 1_000_003 + step * 1009 + i)
     t_rollout = clock(device)
 
     # 2. Score each rollout; its advantage is how much better it did than its group's mean.
@@ -305,7 +330,7 @@ def grpo_step(policy, ref, opt, tokenizer, problems: list[dict], args: argparse.
     scores = [reward.score_rollout(r, p, args.reward) for r, p in zip(rollouts, records)]
     adv = grpo_advantages(torch.tensor([s["reward"] for s in scores]), G).to(device)
     data = {k: v.to(device) for k, v in student.collate(rollouts, tokenizer.pad_token_id).items()}
-    mask = data["loss_mask"]  # 1 on sampled tokens only: the prompt and tool results are read, not learned
+    mask = data["loss_mask"]  # sampled tokens: the prompt and tool results are read, not learned
     t_reward = clock(device)
 
     # 3. Log-probs of the reference, and of the policy before this step's updates (the "old"
@@ -315,7 +340,8 @@ def grpo_step(policy, ref, opt, tokenizer, problems: list[dict], args: argparse.
     # Both passes go micro-batch by micro-batch as the first epoch's updates will, so at the
     # first update the policy, still the reference, gets a KL of exactly 0.
     updates = [[(groups[:, None] * G + torch.arange(G)).flatten().to(device)
-                for groups in torch.randperm(len(problems)).split(args.minibatch)] for _ in range(args.ppo_epochs)]
+                for groups in torch.randperm(len(problems)).split(args.minibatch)]
+               for _ in range(args.ppo_epochs)]
     ref_logp = batched_logprobs(ref, data, updates[0], args.micro_batch, T)
     t_ref = clock(device)
     policy.train()
@@ -337,21 +363,23 @@ def grpo_step(policy, ref, opt, tokenizer, problems: list[dict], args: argparse.
             for micro in micro_batches(data["lengths"], rows, args.micro_batch):
                 ids, m, prompts = trim(data, micro)
                 width = ids.shape[1]
-                logp, entropy = student.logprobs(policy, ids, m, T, with_entropy=True, prompts=prompts)
+                logp, entropy = student.logprobs(policy, ids, m, T, True, prompts)
                 if epoch == index == 0:
                     old_logp[micro, :width] = logp.detach()
                 old = old_logp[micro, :width]
-                pg, clipped = policy_loss(logp, old, adv[micro], args.clip_low, args.clip_high, args.dual_clip)
+                pg, clipped = policy_loss(logp, old, adv[micro], args.clip_low, args.clip_high,
+                                          args.dual_clip)
                 kl = kl_penalty(logp, ref_logp[micro, :width])
-                bonus = entropy if args.entropy_coef else entropy.detach()  # no backward through a 0 term
+                bonus = entropy if args.entropy_coef else entropy.detach()  # no backward through 0
                 loss = token_sum(pg + args.kl_coef * kl - args.entropy_coef * bonus, m) / n_tokens
                 loss.backward()
-                gap = (old - data["old_logprobs"][micro, :width]).abs()  # trainer vs sampler log-probs
-                for key, value in [("loss", loss * n_tokens), ("pg_loss", pg), ("kl", kl), ("entropy", entropy),
-                                   ("clip_frac", clipped), ("logprob_gap", gap)]:
+                gap = (old - data["old_logprobs"][micro, :width]).abs()  # trainer vs sampler
+                for key, value in [("loss", loss * n_tokens), ("pg_loss", pg), ("kl", kl),
+                                   ("entropy", entropy), ("clip_frac", clipped),
+                                   ("logprob_gap", gap)]:
                     sums[key] += (value if key == "loss" else token_sum(value, m)).item()
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-            if not torch.isfinite(grad_norm):  # a NaN or inf anywhere: skip rather than wreck the weights
+            if not torch.isfinite(grad_norm):  # a NaN or inf: skip rather than wreck the weights
                 tqdm.write(f"step {step + 1}: non-finite gradient, update skipped")
                 skipped += 1
                 continue
@@ -373,8 +401,9 @@ def grpo_step(policy, ref, opt, tokenizer, problems: list[dict], args: argparse.
             "grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else float("nan"),
             "skipped_updates": skipped, "tokens_per_s": sampled / (t_rollout - t0),
             **{f"{name}_flops": value.item() for name, value in passes.items()},
-            "rollout_time": t_rollout - t0, "reward_time": t_reward - t_rollout, "ref_time": t_ref - t_reward,
-            "old_time": t_old - t_ref, "update_time": t_update - t_old, "step_time": t_update - t0}
+            "rollout_time": t_rollout - t0, "reward_time": t_reward - t_rollout,
+            "ref_time": t_ref - t_reward, "old_time": t_old - t_ref,
+            "update_time": t_update - t_old, "step_time": t_update - t0}
 
 
 # ------------------------------------------------------------------------------ the loop
@@ -389,17 +418,20 @@ def train(args: argparse.Namespace) -> dict:
     splits = {name: files.load_records(paths[split], need_teacher=False)
               for name, split in (("ID", "test_id"), ("OOD", "test_ood"))}
     if len(train_set) < args.prompts:
-        raise files.DataError(f"{paths['train']}: {len(train_set)} problems, fewer than --prompts {args.prompts}")
+        raise files.DataError(f"{paths['train']}: {len(train_set)} problems, "
+                              f"fewer than --prompts {args.prompts}")
 
     # The policy, the frozen reference (the starting point, the KL's anchor) and the optimizer.
     state = saved_state(args)
     init = state["init"] if state else warm_start(args)
-    memory.check(init, args, [p["question"] for p in train_set + splits["ID"] + splits["OOD"]])  # or refuse
-    policy, tokenizer = student.load(args.out if state else init, device=args.device, compile=args.compile)
+    questions = [p["question"] for p in train_set + splits["ID"] + splits["OOD"]]
+    memory.check(init, args, questions)  # or exit, naming the flags that would fit
+    policy, tokenizer = student.load(args.out if state else init, args.device, compile=args.compile)
     ref, _ = student.load(init, device=args.device, frozen=True)
     if args.grad_ckpt:
         policy.activation_checkpointing_enable()  # transformers 5 name of gradient checkpointing
-    opt = torch.optim.AdamW(policy.parameters(), lr=args.lr, betas=(0.9, args.beta2), weight_decay=args.weight_decay)
+    opt = torch.optim.AdamW(policy.parameters(), lr=args.lr, betas=(0.9, args.beta2),
+                            weight_decay=args.weight_decay)
 
     # A resume restores the step, the optimizer and both random states, and drops the log rows
     # of steps after the checkpoint (they run again), so it continues as if never stopped.
@@ -412,7 +444,8 @@ def train(args: argparse.Namespace) -> dict:
         torch.set_rng_state(state["torch_rng"])
         if os.path.isfile(metrics):
             with open(metrics) as f:
-                rows = [line for line in f if line.endswith("\n") and json.loads(line)["step"] <= start]
+                rows = [line for line in f
+                        if line.endswith("\n") and json.loads(line)["step"] <= start]
             files.write_atomic(metrics, "".join(rows))
     os.makedirs(args.out, exist_ok=True)
     files.write_json(os.path.join(args.out, "args.json"), vars(args))
@@ -424,27 +457,31 @@ def train(args: argparse.Namespace) -> dict:
         lr = sft.lr_at(step, args.lr, args.warmup, args.steps, args.lr_schedule)
         for group in opt.param_groups:
             group["lr"] = lr
-        row = {"step": step + 1, **grpo_step(policy, ref, opt, tokenizer, draw.sample(train_set, args.prompts),
-                                             args, step), "lr": lr}
+        problems = draw.sample(train_set, args.prompts)
+        row = {"step": step + 1, **grpo_step(policy, ref, opt, tokenizer, problems, args, step),
+               "lr": lr}
 
         # 5. Log what happened; evaluate and save now and then.
         if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
-            for name, result in evaluate.evaluate_splits(policy, tokenizer, splits, args.eval_limit, args.max_turns,
-                                                         args.max_tokens, rollout_rows(args)).items():
+            for name, result in evaluate_all(policy, tokenizer, splits, args,
+                                             args.eval_limit).items():
                 row[f"{name}_accuracy"] = result["accuracy"]
         log.write(json.dumps(row) + "\n")
         log.flush()
-        bar.set_postfix(reward=f"{row['reward']:.3f}", acc=f"{row['correct']:.2f}", kl=f"{row['kl']:.4f}")
+        bar.set_postfix(reward=f"{row['reward']:.3f}", acc=f"{row['correct']:.2f}",
+                        kl=f"{row['kl']:.4f}")
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
             student.save(args.out, policy, tokenizer, state={
                 "step": step + 1, "optimizer": opt.state_dict(), "python_rng": draw.getstate(),
-                "torch_rng": torch.get_rng_state(), "init": init, "reward": args.reward, "before": before})
+                "torch_rng": torch.get_rng_state(), "init": init, "reward": args.reward,
+                "before": before})
 
-    after = evaluate.evaluate_splits(policy, tokenizer, splits, None, args.max_turns, args.max_tokens, rollout_rows(args))
+    after = evaluate_all(policy, tokenizer, splits, args)
     files.write_json(os.path.join(args.out, "eval.json"), after)
     log.close()
     try:  # the run's curves, where matplotlib is installed
-        plot.draw({args.out: {args.reward: plot.series(args.out)}}, os.path.join(args.out, "curves.png"))
+        plot.draw({args.out: {args.reward: plot.series(args.out)}},
+                  os.path.join(args.out, "curves.png"))
     except ImportError:
         pass
     print(evaluate.table({f"before ({init})": before, f"after ({args.out})": after}))
