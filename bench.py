@@ -230,8 +230,7 @@ def bench_eval(args, rate: float) -> None:
     lengths = torch.tensor([len(r.ids) for r in rollouts])
     prompts = torch.tensor([r.prompt_len for r in rollouts])
     sampled = torch.tensor([sum(r.mask) for r in rollouts])
-    flops = (student.forward_flops(policy, prompts, torch.zeros(len(rollouts)))
-             + student.forward_flops(policy, lengths, sampled, prompts)).sum()
+    flops = student.rollout_flops(policy, lengths, prompts, sampled).sum()
     print(f"evaluation (evaluate.rollouts): {len(records)} problems, greedy, batches of {evaluate.BATCH}, "
           f"{int(sampled.sum())} sampled tokens")
     print(report("rollouts", seconds, flops, rate, args))

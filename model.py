@@ -518,6 +518,15 @@ def forward_flops(model, lengths: torch.Tensor, scored: torch.Tensor, start: tor
             + 4 * width * config.num_hidden_layers * keys)
 
 
+def rollout_flops(model, lengths: torch.Tensor, prompts: torch.Tensor, scored: torch.Tensor,
+                  group: int = 1) -> torch.Tensor:
+    """The FLOPs [B] of a forward pass over rollouts (`lengths`, prompt lengths `prompts`,
+    `scored` tokens [B]) that reads each prompt once for its `group` samples, as rollouts and
+    the training passes do, then every token after it."""
+    return (forward_flops(model, lengths, scored, prompts)
+            + forward_flops(model, prompts, torch.zeros_like(scored)) / group)
+
+
 def collate(rollouts: list[Rollout], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded tensors of a batch of rollouts: "ids" [B, T], "lengths" and "prompts" [B]
     (the prompt's length), "loss_mask" and "old_logprobs" [B, T]. Position t of the mask and

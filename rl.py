@@ -131,8 +131,8 @@ def check(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         ap.error("--top-p must be in (0, 1], --beta2 in [0, 1) and --dual-clip above 1")
     if args.prompts % args.minibatch:
         ap.error(f"--prompts ({args.prompts}) must be a multiple of --minibatch ({args.minibatch})")
-    if args.data is not None and teacher.data_error(args.data):
-        ap.error(teacher.data_error(args.data))
+    if error := teacher.data_error(args.data):
+        ap.error(error)
 
 
 # ------------------------------------------------------------------------------ the loss
@@ -387,12 +387,10 @@ def grpo_step(policy, ref, opt, tokenizer, problems: list[dict], args: argparse.
             grad_norms.append(grad_norm.item())
     t_update = clock(device)
 
-    # The FLOPs of each phase (bench.py sets them against the hardware's): every pass reads each
-    # prompt once for its G samples (the rollouts, and the training passes too, which share it),
-    # then every token after it.
-    lengths, prompts, scored = data["lengths"], data["prompts"], mask.sum(1)
-    flops = student.forward_flops(policy, lengths, scored, prompts) + \
-        student.forward_flops(policy, prompts, torch.zeros_like(scored)) / G
+    # The FLOPs of each phase (bench.py sets them against the hardware's): every pass, the
+    # rollouts' and the training ones, reads each prompt once for its G samples.
+    scored = mask.sum(1)
+    flops = student.rollout_flops(policy, data["lengths"], data["prompts"], scored, G)
     passes = {"rollout": flops.sum(), "ref": flops.sum(), "old": flops[later.cpu()].sum(),
               "update": 3 * flops.sum() * args.ppo_epochs}  # a backward costs twice a forward
     sampled = scored.sum().item()

@@ -65,8 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, key, tiny if args.model is None else real)
     if min(args.steps, args.batch_size, args.eval_limit, 1 if args.limit is None else args.limit) < 1 or args.lr <= 0:
         ap.error("--steps, --batch-size, --eval-limit, --limit and --lr must be positive")
-    if args.data is not None and teacher.data_error(args.data):
-        ap.error(teacher.data_error(args.data))
+    if error := teacher.data_error(args.data):
+        ap.error(error)
     args.data = args.data or os.path.join("data", args.condition)
     if min(args.warmup, args.eval_every) < 0:
         ap.error("--warmup and --eval-every cannot be negative")

@@ -111,9 +111,9 @@ def split_paths(data_dir: str) -> dict[str, str]:
     return paths
 
 
-def missing_splits(data_dir: str) -> list[str]:
-    """The splits `data_dir` lacks (none, or the files it would need)."""
-    return [path for path in split_paths(data_dir).values() if not os.path.isfile(path)]
+def missing_splits(paths: dict[str, str]) -> list[str]:
+    """The files of split_paths that are not there."""
+    return [path for path in paths.values() if not os.path.isfile(path)]
 
 
 def ensure_data(data_dir: str, condition: str = "hidden", n_train: int = 4000, seed: int = 0) -> dict[str, str]:
@@ -124,7 +124,7 @@ def ensure_data(data_dir: str, condition: str = "hidden", n_train: int = 4000, s
     user's own files are never overwritten)."""
     files.check_folder(data_dir)
     paths = split_paths(data_dir)
-    missing = missing_splits(data_dir)
+    missing = missing_splits(paths)
     if len(missing) == len(paths):
         write_scripted(data_dir, condition, n_train, seed)
     elif missing:
@@ -132,11 +132,11 @@ def ensure_data(data_dir: str, condition: str = "hidden", n_train: int = 4000, s
     return paths
 
 
-def data_error(data_dir: str) -> str | None:
+def data_error(data_dir: str | None) -> str | None:
     """What is wrong with a --data folder the user named, in one line; None when it holds
-    the three splits. Nothing is written to such a folder: a typo must not train on a new
-    copy of the built-in benchmark."""
-    missing = missing_splits(data_dir)
+    the three splits, or when none was named (the built-in data/CONDITION). Nothing is written
+    to a named folder: a typo must not train on a new copy of the built-in benchmark."""
+    missing = missing_splits(split_paths(data_dir)) if data_dir is not None else []
     if missing:
         return (f"--data {data_dir}: no {', '.join(os.path.basename(m) for m in missing)} there; it takes a folder "
                 "with all three splits (without --data the built-in benchmark is written to data/CONDITION; "
