@@ -91,11 +91,8 @@ def method_args(condition: str, method: str, seed: int, warm: str, args: argpars
 
 
 def run_warm(condition: str, seed: int, args: argparse.Namespace) -> str:
-    """One warm start, trained unless it already exists; its folder."""
-    warm = warm_args(condition, seed, args)
-    if not files.finished_run(warm):
-        sft.train(warm)
-    return warm.out
+    """One warm start, trained unless it already exists and held to rl.WARM_GATE; its folder."""
+    return rl.make_warm_start(warm_args(condition, seed, args))
 
 
 def run_method(condition: str, method: str, seed: int, warm: str, args: argparse.Namespace) -> str:

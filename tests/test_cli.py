@@ -23,6 +23,7 @@ def no_training(monkeypatch):
         raise AssertionError(f"would train into {args.out}")
     monkeypatch.setattr(rl, "train", train)
     monkeypatch.setattr(sft, "train", train)
+    monkeypatch.setattr(rl, "warm_accuracy", lambda warm: 0.9)  # a warm start that passes the gate
 
 
 def finished_run(run) -> str:
@@ -78,6 +79,29 @@ def test_compare_refuses_a_warm_start_of_other_settings(tmp_path, no_training, m
     args.warm_start = rl.WARM_START + ["--lr", "0.01"]
     with pytest.raises(files.DataError, match="warm-s0 was trained with lr=0.003, this run asks for 0.01"):
         compare.run_warm("hidden", 0, args)
+
+
+@pytest.mark.parametrize("solved, trained, message", [
+    ({"warm-s0": 0.61}, ["warm-s0"], None),                               # passes first time
+    ({"warm-s0": 0.37, "warm-s0-x2": 0.86}, ["warm-s0", "warm-s0-x2"], None),  # trained again, longer
+    ({"warm-s0": 0.37, "warm-s0-x2": 0.59}, ["warm-s0", "warm-s0-x2"], "no warm start reaches 60%, even with 700"),
+])
+def test_a_warm_start_below_the_gate_is_trained_again_with_twice_the_steps(tmp_path, monkeypatch, solved,
+                                                                             trained, message):
+    runs = []
+    monkeypatch.setattr(sft, "train", lambda run: runs.append((os.path.basename(run.out), run.steps))
+                        or finished_run(run))
+    monkeypatch.setattr(rl, "warm_accuracy", lambda run: solved[os.path.basename(run.out)])
+    args = compare.parse_args(["--out", str(tmp_path)])
+    if message:
+        with pytest.raises(files.DataError, match=message):
+            compare.run_warm("hidden", 0, args)
+    else:
+        assert compare.run_warm("hidden", 0, args) == str(tmp_path / "hidden" / trained[-1])
+    assert runs == list(zip(trained, [350, 700]))
+    runs.clear()  # a second call finds the finished folders and trains nothing
+    if not message:
+        assert compare.run_warm("hidden", 0, args) == str(tmp_path / "hidden" / trained[-1]) and runs == []
 
 
 def test_compare_refuses_a_finished_run_without_args(tmp_path, no_training):

@@ -264,10 +264,21 @@ def test_llm_teacher_keeps_only_trajectories_that_reach_the_answer(warm):
     assert teacher.llm_records("runs/tiny", problems[:2], samples=1, seed=0) == []
 
 
+def test_the_warm_start_gate_solves_training_problems_the_warm_start_never_saw(warm, monkeypatch):
+    seen, real = [], evaluate.evaluate
+    monkeypatch.setattr(evaluate, "evaluate", lambda policy, tokenizer, records:
+                        seen.append((records, real(policy, tokenizer, records))) or seen[-1][1])
+    run = sft.parse_args(["--limit", "64", "--out", warm])  # the fixture's: it trained on the first 64
+    solved = rl.warm_accuracy(run)
+    assert [records for records, _ in seen] == [files.load_records("data/hidden/train.jsonl")[64:164]]
+    assert solved == seen[0][1]["accuracy"] and seen[0][1]["problems"] == 100
+
+
 def test_compare_runs_every_method_over_seeds_and_reuses_finished_runs(warm, monkeypatch, capsys):
     import compare
 
     monkeypatch.setattr(rl, "WARM_START", ["--traces", "demo", "--limit", "32", "--steps", "4", "--eval-every", "0"])
+    monkeypatch.setattr(rl, "WARM_GATE", 0.0)  # four steps solve nothing: no gate here
     # a barely trained student talks long: small steps and budgets
     for key, value in dict(prompts=4, group=2, minibatch=2, max_tokens=64).items():
         monkeypatch.setitem(rl.SETTINGS, key, value)
