@@ -1,7 +1,8 @@
 """The peer benchmark: rl.py's GRPO step beside TRL's GRPOTrainer, same model, prompts and sizes.
 
     pip install trl==1.16        # this script only; nothing else in the project needs TRL
-    python bench_trl.py          # the tiny default, 8 prompts x 8 samples, <= 100 new tokens, 1 thread
+    python bench_trl.py          # the tiny default, 8 prompts x 8 samples, <= 100 new tokens,
+                                   1 thread
 
 Both train the same checkpoint on the same problems with the project's prompts and reward
 (reward.make_reward_func): 8 prompts x 8 generations, at most 100 new tokens, temperature
@@ -41,8 +42,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=3, help="timed steps of each, every round")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = ap.parse_args(argv)
-    if min(args.prompts, args.step_tokens, args.rounds, args.steps, args.threads) < 1 or args.warmup < 0:
-        ap.error("--prompts, --step-tokens, --rounds, --steps and --threads must be positive, --warmup not negative")
+    if (min(args.prompts, args.step_tokens, args.rounds, args.steps, args.threads) < 1
+            or args.warmup < 0):
+        ap.error("--prompts, --step-tokens, --rounds, --steps and --threads must be positive, "
+                 "--warmup not negative")
     if args.group < 2:
         ap.error("--group must be at least 2 (GRPO compares samples within a group)")
     # bench.step_args reads the rest of bench.py's flags
@@ -72,9 +75,10 @@ def trl_steps(args, path: str, problems: list[dict], steps: int) -> list[float]:
     clock = StepClock()
     with tempfile.TemporaryDirectory() as out:
         config = GRPOConfig(output_dir=out, per_device_train_batch_size=args.prompts * args.group,
-                            num_generations=args.group, max_completion_length=args.step_tokens, beta=0.001,
-                            learning_rate=1e-4, temperature=1.0, use_cpu=True, max_steps=steps, report_to="none",
-                            save_strategy="no", logging_steps=steps, dataloader_num_workers=0)
+                            num_generations=args.group, max_completion_length=args.step_tokens,
+                            beta=0.001, learning_rate=1e-4, temperature=1.0, use_cpu=True,
+                            max_steps=steps, report_to="none", save_strategy="no",
+                            logging_steps=steps, dataloader_num_workers=0)
         trainer = GRPOTrainer(model=path, args=config, processing_class=tokenizer,
                               reward_funcs=reward.make_reward_func(tokenizer),
                               train_dataset=Dataset.from_list(rows * steps), callbacks=[clock])
@@ -88,7 +92,8 @@ def our_steps(args, path: str, problems: list[dict], steps: int) -> list[float]:
     policy, tokenizer = student.load(path)
     ref, _ = student.load(path, frozen=True)
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
-    return [rl.grpo_step(policy, ref, opt, tokenizer, problems, settings, step)["step_time"] for step in range(steps)]
+    return [rl.grpo_step(policy, ref, opt, tokenizer, problems, settings, step)["step_time"]
+            for step in range(steps)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -102,12 +107,14 @@ def main(argv: list[str] | None = None) -> None:
         if args.model is None:
             student.ensure_tiny()
         path = student.checkpoint_dir(args.model or student.TINY_PATH) or args.model
-        problems = files.load_records(teacher.ensure_data(rl.parse_args([]).data)["train"])[:args.prompts]
+        problems = files.load_records(
+            teacher.ensure_data(rl.parse_args([]).data)["train"])[:args.prompts]
     except (files.DataError, student.ModelError) as e:
         sys.exit(f"error: {e}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    print(f"{path}: {args.prompts} prompts x {args.group} samples, <= {args.step_tokens} new tokens, "
-          f"{torch.get_num_threads()} thread(s); median of {args.steps} steps after {args.warmup}, per round")
+    print(f"{path}: {args.prompts} prompts x {args.group} samples, <= {args.step_tokens} new "
+          f"tokens, {torch.get_num_threads()} thread(s); median of {args.steps} steps after "
+          f"{args.warmup}, per round")
     ratios = []
     for round_ in range(args.rounds):
         ours = median(our_steps(args, path, problems, args.warmup + args.steps)[args.warmup:])
@@ -115,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
         ratios.append(ours / theirs)
         print(f"  round {round_ + 1}: rl.grpo_step {ours:.2f} s, TRL GRPOTrainer {theirs:.2f} s, "
               f"ratio {ratios[-1]:.2f}x")
-    print(f"rl.py's step takes {median(ratios):.2f}x the time of TRL's (median of {args.rounds} rounds)")
+    print(f"rl.py's step takes {median(ratios):.2f}x the time of TRL's "
+          f"(median of {args.rounds} rounds)")
 
 
 if __name__ == "__main__":

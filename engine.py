@@ -42,7 +42,8 @@ def autocast(model):
     return nullcontext()
 
 
-def nucleus(logp: torch.Tensor, top_k: int, top_p: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+def nucleus(logp: torch.Tensor, top_k: int,
+            top_p: float) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The tokens a sample may draw from the rows of log-probs `logp` [B, V]: the top_k most
     likely (0: all) and, within those, the smallest set holding top_p of their mass (HF's and
     vLLM's order). Returns their probabilities, not normalised, 0 for a token cut off, and
@@ -56,7 +57,8 @@ def nucleus(logp: torch.Tensor, top_k: int, top_p: float) -> tuple[torch.Tensor,
         logp, index = logp.sort(dim=-1, descending=True)
     probs = logp.exp()
     if top_p < 1.0:  # cut every token after the mass before it reaches top_p
-        probs = probs.masked_fill(probs.cumsum(-1) - probs > top_p * probs.sum(-1, keepdim=True), 0.0)
+        probs = probs.masked_fill(probs.cumsum(-1) - probs > top_p * probs.sum(-1, keepdim=True),
+                                  0.0)
     return probs, index
 
 
@@ -73,7 +75,8 @@ def pick(logp: torch.Tensor, top_k: int, top_p: float, greedy: bool,
     # is never drawn, short of u * total rounding up to total (odds ~1e-16; the clamp keeps
     # the index in range then).
     cdf = probs.double().cumsum(-1)
-    u = torch.rand(len(cdf), 1, dtype=torch.float64, device=cdf.device, generator=generator) * cdf[:, -1:]
+    u = torch.rand(len(cdf), 1, dtype=torch.float64, device=cdf.device,
+                   generator=generator) * cdf[:, -1:]
     choice = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[-1] - 1)
     return (choice if index is None else index.gather(1, choice)).squeeze(1)
 
@@ -86,14 +89,17 @@ def end_ids(model, tokenizer) -> list[int]:
     return sorted({tokenizer.eos_token_id, *declared})
 
 
-SYNC_EVERY = 8  # on a GPU, decode steps between looks at how many turns have ended (a host sync each)
+# on a GPU, decode steps between looks at how many turns have ended (a host sync each)
+SYNC_EVERY = 8
 
 
 @torch.inference_mode()
-@torch.compiler.set_stance("force_eager")  # a compiled model decodes eagerly: shapes change every step
-def sample_turn(model, decoder: "Decoder", samples: list[int], rows: list[list[int]], n: int, budgets: list[int],
-                 ends: torch.Tensor, temperature: float, top_k: int, top_p: float, greedy: bool,
-                 generator: torch.Generator | None) -> list[tuple[list[int], list[float], bool]]:
+# a compiled model decodes eagerly: shapes change every step
+@torch.compiler.set_stance("force_eager")
+def sample_turn(model, decoder: "Decoder", samples: list[int], rows: list[list[int]], n: int,
+                budgets: list[int], ends: torch.Tensor, temperature: float, top_k: int,
+                top_p: float, greedy: bool,
+                generator: torch.Generator | None) -> list[tuple[list[int], list[float], bool]]:
     """Sample one assistant turn after each token sequence of `rows`, `n` times each: the
     conversations `samples`, the n of a row adjacent. The n samples of a row share its
     forward (extend); sample i stops at an end token (`ends`) or after `budgets[i]` tokens.
@@ -120,25 +126,31 @@ def sample_turn(model, decoder: "Decoder", samples: list[int], rows: list[list[i
             token = pick(logp, top_k, top_p, greedy, generator)
             # The log-prob under softmax(logits / temperature), before top-k and top-p cut it: what
             # logprobs(temperature=) gives, as the authors' trainer computes it.
-            # Rows whose turn has ended write past their length too; those entries are cut off below.
+            # Rows whose turn has ended write past their length too; those entries are cut off
+            # below.
             tokens[live, t] = token
             logps[live, t] = logp.gather(1, token[:, None]).squeeze(1)
             is_eos = torch.isin(token, ends)
             stop = ~done & (is_eos | (budget[live] <= t + 1))
-            lengths[live] = torch.where(stop, t + 1, lengths[live])  # where(), not stop as an index: no
-            ended[live] = torch.where(stop, is_eos, ended[live])     # wait for the GPU to count the rows
-            ours = ~done  # the tokens just sampled belong to their conversations, but where a turn had ended
+            # where(), not stop as an index: no wait for the GPU to count the rows
+            lengths[live] = torch.where(stop, t + 1, lengths[live])
+            ended[live] = torch.where(stop, is_eos, ended[live])
+            # the tokens just sampled belong to their conversations, but where a turn had ended
+            ours = ~done
             done = done | stop
-            if device.type == "cpu" or t % SYNC_EVERY == SYNC_EVERY - 1:  # reading a count waits for the GPU
+            # reading a count waits for the GPU
+            if device.type == "cpu" or t % SYNC_EVERY == SYNC_EVERY - 1:
                 n_done = int(done.sum())
                 if n_done == len(live):
                     break
-                if 4 * n_done >= len(live):  # rows whose turn has ended would still cost a forward each step
+                # rows whose turn has ended would still cost a forward each step
+                if 4 * n_done >= len(live):
                     left = decoder.drop(done)
                     live, token, done, ours = live[left], token[left], done[left], ours[left]
             logits = decoder.step(token, ours)
 
-    tokens, logps, lengths, ended = tokens.tolist(), logps.tolist(), lengths.tolist(), ended.tolist()
+    tokens, logps, lengths, ended = (tokens.tolist(), logps.tolist(), lengths.tolist(),
+                                     ended.tolist())
     return [(tokens[i][:lengths[i]], logps[i][:lengths[i]], ended[i]) for i in range(total)]
 
 
@@ -180,7 +192,8 @@ class PlainDecoder:
     def extend(self, samples: list[int], ids: list[list[int]], room: int) -> torch.Tensor:
         width, device = max(map(len, ids)), self.model.device
         tokens = torch.zeros(len(ids), width, dtype=torch.long)
-        self.attention = torch.zeros(len(ids), width, dtype=torch.bool)  # [B, L]: True on the rows' tokens
+        # [B, L]: True on the rows' tokens
+        self.attention = torch.zeros(len(ids), width, dtype=torch.bool)
         for i, row in enumerate(ids):  # left-padded, so every row's next token lands in one column
             tokens[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
             self.attention[i, width - len(row):] = True
@@ -205,8 +218,8 @@ class PlainDecoder:
         return left
 
     def _logits(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=ids, attention_mask=self.attention, position_ids=positions, cache=self.cache,
-                          logits_to_keep=1).logits[:, -1].float()
+        return self.model(input_ids=ids, attention_mask=self.attention, position_ids=positions,
+                          cache=self.cache, logits_to_keep=1).logits[:, -1].float()
 
 
 def make_decoder(model) -> Decoder:
@@ -245,10 +258,10 @@ def _norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
             scale: float) -> torch.Tensor:
-    """Attention of queries q [B, heads, T, head_dim] over keys and values [B, kv_heads, L, head_dim]
-    (grouped-query: query head h reads KV head h // group, group = heads / kv_heads), with the
-    additive mask `bias` of _bias (0 where a query sees a key, -inf elsewhere). Returns
-    [B, heads, T, head_dim].
+    """Attention of queries q [B, heads, T, head_dim] over keys and values
+    [B, kv_heads, L, head_dim] (grouped-query: query head h reads KV head h // group, group =
+    heads / kv_heads), with the additive mask `bias` of _bias (0 where a query sees a key, -inf
+    elsewhere). Returns [B, heads, T, head_dim].
 
     SDPA always gets as many key and value heads as query heads: CUDA's flash kernel takes no
     mask and its memory-efficient one no unequal head counts, so enable_gqa with a mask would
@@ -263,22 +276,28 @@ def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: tor
     if width > 1:
         if group > 1:
             keys, values = keys.repeat_interleave(group, 1), values.repeat_interleave(group, 1)
-        return torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=scale)
+        return torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=bias,
+                                                                scale=scale)
     stacked = q.view(batch, keys.shape[1], group, dim)
-    if bias.dim() == 3:  # on CPU, two batched matmuls, scale and mask folded into the first: ~40% less
-        # time than SDPA's CPU flash kernel, which is slow for a few queries
-        scores = torch.baddbmm(bias, stacked.flatten(0, 1), keys.flatten(0, 1).transpose(1, 2), alpha=scale)
+    # on CPU, two batched matmuls, scale and mask folded into the first: ~40% less time than
+    # SDPA's CPU flash kernel, which is slow for a few queries
+    if bias.dim() == 3:
+        scores = torch.baddbmm(bias, stacked.flatten(0, 1), keys.flatten(0, 1).transpose(1, 2),
+                               alpha=scale)
         out = scores.softmax(-1) @ values.flatten(0, 1)
     else:
-        out = torch.nn.functional.scaled_dot_product_attention(stacked, keys, values, attn_mask=bias, scale=scale)
+        out = torch.nn.functional.scaled_dot_product_attention(stacked, keys, values,
+                                                               attn_mask=bias, scale=scale)
     return out.view(batch, heads, 1, dim)
 
 
-def _bias(sees: torch.Tensor, kv_heads: int, dtype: torch.dtype, decode_on_cpu: bool) -> torch.Tensor:
+def _bias(sees: torch.Tensor, kv_heads: int, dtype: torch.dtype,
+          decode_on_cpu: bool) -> torch.Tensor:
     """The additive attention mask of one forward, built once for all layers from `sees`
     [B, T, L] (True where query t sees key l): [B, 1, T, L] for SDPA; for a decode step on CPU,
     [B x kv_heads, 1, L] for baddbmm, one row per (batch row, KV head)."""
-    bias = torch.zeros(sees.shape, dtype=dtype, device=sees.device).masked_fill_(~sees, float("-inf"))
+    bias = torch.zeros(sees.shape, dtype=dtype,
+                       device=sees.device).masked_fill_(~sees, float("-inf"))
     return bias.repeat_interleave(kv_heads, dim=0) if decode_on_cpu else bias[:, None]
 
 
@@ -317,18 +336,21 @@ class LeanDecoder:
     def __init__(self, model: Qwen2ForCausalLM):
         self.model, config = model, model.config
         self.dtype = torch.bfloat16 if model.device.type == "cuda" else model.dtype
-        def weight(*modules):  # several are packed into one matrix; one alone is not copied unless cast
-            return (torch.cat([m.weight for m in modules]) if len(modules) > 1 else modules[0].weight).detach().to(
-                self.dtype)
+        # several are packed into one matrix; one alone is not copied unless cast
+        def weight(*modules):
+            return (torch.cat([m.weight for m in modules]) if len(modules) > 1
+                    else modules[0].weight).detach().to(self.dtype)
 
         self.layers = []
         for layer in model.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
             self.layers.append(dict(
                 qkv=weight(attn.q_proj, attn.k_proj, attn.v_proj), o=weight(attn.o_proj),
-                qkv_bias=torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]).detach().to(self.dtype),
-                gate_up=weight(mlp.gate_proj, mlp.up_proj), down=weight(mlp.down_proj), act=mlp.act_fn,
-                norms=(layer.input_layernorm, layer.post_attention_layernorm), scaling=attn.scaling))
+                qkv_bias=torch.cat([attn.q_proj.bias, attn.k_proj.bias,
+                                    attn.v_proj.bias]).detach().to(self.dtype),
+                gate_up=weight(mlp.gate_proj, mlp.up_proj), down=weight(mlp.down_proj),
+                act=mlp.act_fn, norms=(layer.input_layernorm, layer.post_attention_layernorm),
+                scaling=attn.scaling))
         self.lm_head = weight(model.lm_head)
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = model.model.layers[0].self_attn.head_dim
@@ -355,13 +377,15 @@ class LeanDecoder:
         self._rotary(max(map(len, ids)) + room)
         device = self.valid.device
         self.keys = self.values = None  # free the old buffers before making the new ones
-        shape = (len(self.layers), len(samples), self.kv_heads, cached + width + room, self.head_dim)
+        shape = (len(self.layers), len(samples), self.kv_heads, cached + width + room,
+                 self.head_dim)
         self.keys = torch.empty(shape, dtype=self.dtype, device=device)
         self.values = torch.empty_like(self.keys)
         # Each kept conversation right-aligned in the first `cached` columns, so the holes are on
         # the left, like padding. Holes hold zeros: a masked key gets weight 0, but 0 times the
         # NaN that uninitialised memory may hold is NaN.
-        self.valid = (torch.arange(shape[3]) >= cached - counts[:, None]) & (torch.arange(shape[3]) < cached)
+        self.valid = ((torch.arange(shape[3]) >= cached - counts[:, None])
+                      & (torch.arange(shape[3]) < cached))
         self.valid = self.valid.to(device)
         holes = (~self.valid[:, :cached]).nonzero(as_tuple=True)
         self.keys[:, holes[0], :, holes[1]], self.values[:, holes[0], :, holes[1]] = 0, 0
@@ -423,8 +447,10 @@ class LeanDecoder:
         """The rotary cos/sin [positions, head_dim] of every position below `positions`, from the
         model's own rotary module, so rope scaling and theta are honoured."""
         if len(self.cos) < positions:
-            embed = self.model.model.embed_tokens.weight  # gives the dtype and device, as hidden states do
-            cos, sin = self.model.model.rotary_emb(embed, torch.arange(positions, device=embed.device)[None])
+            # gives the dtype and device, as hidden states do
+            embed = self.model.model.embed_tokens.weight
+            cos, sin = self.model.model.rotary_emb(
+                embed, torch.arange(positions, device=embed.device)[None])
             self.cos, self.sin = cos[0], sin[0]
 
     def _forward(self, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -443,28 +469,33 @@ class LeanDecoder:
         hidden = self.model.model.embed_tokens(ids)
         if width == 1:  # a decode step: the new token sees every token of its row so far
             sees = seen[:, None]
-        else:  # query i sees the row's tokens up to start + i; padding queries see all earlier keys, so
-            # no row of the mask is empty (an empty row gives NaN, which the padding's keys would carry on)
+        else:
+            # query i sees the row's tokens up to start + i; padding queries see all earlier keys,
+            # so no row of the mask is empty (an empty row gives NaN, which the padding's keys
+            # would carry on)
             causal = torch.ones(width, end, dtype=torch.bool, device=ids.device).tril(start)
             sees = causal & (seen[:, None, :] | ~valid[:, :, None])
-        bias = _bias(sees, self.kv_heads, self.dtype, decode_on_cpu=width == 1 and ids.device.type == "cpu")
+        bias = _bias(sees, self.kv_heads, self.dtype,
+                     decode_on_cpu=width == 1 and ids.device.type == "cpu")
         sizes = [self.heads * self.head_dim] + [self.kv_heads * self.head_dim] * 2
         for i, layer in enumerate(self.layers):
             norm1, norm2 = layer["norms"]
             qkv = _linear(_norm(norm1, hidden), layer["qkv"], layer["qkv_bias"])
-            q, k, v = (x.view(batch, width, -1, self.head_dim).transpose(1, 2) for x in qkv.split(sizes, dim=-1))
+            q, k, v = (x.view(batch, width, -1, self.head_dim).transpose(1, 2)
+                       for x in qkv.split(sizes, dim=-1))
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
             self.keys[i, :, :, start:end] = k
             self.values[i, :, :, start:end] = v
-            out = _attend(q.to(self.dtype), self.keys[i, :, :, :end], self.values[i, :, :, :end], bias,
-                          layer["scaling"])
+            out = _attend(q.to(self.dtype), self.keys[i, :, :, :end], self.values[i, :, :, :end],
+                          bias, layer["scaling"])
             hidden = hidden + _linear(out.transpose(1, 2).reshape(batch, width, -1), layer["o"])
             gate, up = _linear(_norm(norm2, hidden), layer["gate_up"]).chunk(2, dim=-1)
             hidden = hidden + _linear(layer["act"](gate) * up, layer["down"])
         return _linear(_norm(self.model.model.norm, hidden[:, -1]), self.lm_head).float()
 
 
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def _linear(x: torch.Tensor, weight: torch.Tensor,
+            bias: torch.Tensor | None = None) -> torch.Tensor:
     """x @ weight.T + bias, x cast to the weight's dtype first (what autocast does to a matmul)."""
     return torch.nn.functional.linear(x.to(weight.dtype), weight, bias)
 
@@ -472,7 +503,8 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
 # ------------------------------------------------------------------ the self-check
 
 @torch.inference_mode()
-def _lean_greedy(model, prompts: list[list[int]], n: int, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _lean_greedy(model, prompts: list[list[int]], n: int,
+                 steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`steps` greedy tokens after each prompt through LeanDecoder, as rollouts decode: one
     left-padded forward of the prompts, its rows repeated `n` times, and every other row
     dropped halfway (rows leave the batch as their samples stop). Returns the numbers of the
@@ -506,20 +538,24 @@ def _generate_greedy(model, tokenizer, prompts: list[list[int]], n: int, steps: 
     width, device = max(len(p) for p in prompts), model.device
     pad = tokenizer.pad_token_id
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts]).repeat_interleave(n, 0)
-    attention = torch.tensor([[i >= width - len(p) for i in range(width)] for p in prompts]).repeat_interleave(n, 0)
-    out = model.generate(input_ids=ids.to(device), attention_mask=attention.long().to(device), do_sample=False,
-                         max_new_tokens=steps, min_new_tokens=0, output_logits=True, return_dict_in_generate=True,
-                         pad_token_id=pad)
+    attention = torch.tensor([[i >= width - len(p) for i in range(width)]
+                              for p in prompts]).repeat_interleave(n, 0)
+    out = model.generate(input_ids=ids.to(device), attention_mask=attention.long().to(device),
+                         do_sample=False, max_new_tokens=steps, min_new_tokens=0,
+                         output_logits=True, return_dict_in_generate=True, pad_token_id=pad)
     tokens = out.sequences[:, width:]
     logp = torch.stack(out.logits, 1).float().log_softmax(-1)[:, :tokens.shape[1]]
     best = logp.topk(2, dim=-1).values
-    ends = torch.isin(tokens, torch.tensor(model.generation_config.eos_token_id or [], device=device)).long()
+    ends = torch.isin(tokens, torch.tensor(model.generation_config.eos_token_id or [],
+                                           device=device)).long()
     kept = ends.cumsum(1) - ends == 0  # up to and including the first end token
-    return tokens, logp.gather(2, tokens[..., None])[..., 0], best[..., 0] - best[..., 1], kept, tokens.numel()
+    return (tokens, logp.gather(2, tokens[..., None])[..., 0], best[..., 0] - best[..., 1], kept,
+            tokens.numel())
 
 
 def agreement(tokens: torch.Tensor, logps: torch.Tensor, margins: torch.Tensor, kept: torch.Tensor,
-              lean_tokens: torch.Tensor, lean_logps: torch.Tensor, tolerance: float) -> tuple[int, int, float]:
+              lean_tokens: torch.Tensor, lean_logps: torch.Tensor,
+              tolerance: float) -> tuple[int, int, float]:
     """How two greedy decodes of the same rows agree ([rows, steps] each: generate()'s tokens,
     log-probs, best-over-second margins and `kept` mask, the lean tokens and log-probs).
     A row may part from generate() only at a near tie, where generate()'s two best log-probs
@@ -536,7 +572,8 @@ def agreement(tokens: torch.Tensor, logps: torch.Tensor, margins: torch.Tensor, 
 
 
 PROMPTS = ["What is 2 plus 3?", "A box holds 113 pens. How many pens are in 18 boxes?",
-           "Tom has 250 cups and sells 75. How many are left?", "What is the area of a square of side 12?"]
+           "Tom has 250 cups and sells 75. How many are left?",
+           "What is the area of a square of side 12?"]
 # The largest log-prob gap allowed. CPU, float32: sums in another order, nothing more. CUDA,
 # bf16 under autocast, as rollouts run: both forwards round every matmul's output to bf16 (a
 # relative step of 2^-8; the logits themselves to 0.125 past 16), each after its own kernels.
@@ -544,29 +581,39 @@ TOLERANCE = {"cpu": 1e-4, "cuda": 0.25}
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The self-check (sys.argv when `argv` is None); exits with 1 when the two forwards disagree."""
-    ap = argparse.ArgumentParser(description="Check the lean forward against transformers' generate().")
+    """The self-check (sys.argv when `argv` is None); exits with 1 when the two forwards
+    disagree."""
+    ap = argparse.ArgumentParser(
+        description="Check the lean forward against transformers' generate().")
     ap.add_argument("--model", default="runs/tiny/checkpoint",
-                    help="HF model name or folder (default: the tiny default, built by python sft.py or rl.py)")
-    ap.add_argument("--device", default="cpu", help="cpu (float32), or cuda: float32 weights under bf16 "
-                                                    "autocast, as rl.py's rollouts run")
+                    help="HF model name or folder (default: the tiny default, built by python "
+                         "sft.py or rl.py)")
+    ap.add_argument("--device", default="cpu",
+                    help="cpu (float32), or cuda: float32 weights under bf16 autocast, as rl.py's "
+                         "rollouts run")
     args = ap.parse_args(argv)
     if args.device not in TOLERANCE or (args.device == "cuda" and not torch.cuda.is_available()):
-        sys.exit(f"error: --device {args.device}: cpu, or cuda on a machine with a CUDA GPU that torch can use")
+        sys.exit(f"error: --device {args.device}: cpu, or cuda on a machine with a CUDA GPU "
+                 "that torch can use")
     device = torch.device(args.device)
     try:
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(device).eval()
+        model = AutoModelForCausalLM.from_pretrained(args.model,
+                                                     dtype=torch.float32).to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(args.model)
     except Exception as e:  # missing, truncated or foreign files raise many kinds of error
-        sys.exit(f"error: cannot load '{args.model}': {(str(e).strip().splitlines() or [type(e).__name__])[0]}")
+        sys.exit(f"error: cannot load '{args.model}': "
+                 f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}")
     if not lean_ok(model):
-        print(f"{args.model}: the lean forward does not apply to it; rollouts take the model's own forward")
+        print(f"{args.model}: the lean forward does not apply to it; "
+              "rollouts take the model's own forward")
         return
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
-                                             tokenize=True, return_dict=True)["input_ids"] for q in PROMPTS]
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}],
+                                             add_generation_prompt=True, tokenize=True,
+                                             return_dict=True)["input_ids"] for q in PROMPTS]
     n, steps, cuda = 16, 128, device.type == "cuda"
     precision = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
-    print(f"engine check: {args.model}, {len(prompts)} prompts x {n} rows, {steps} greedy tokens each, "
+    print(f"engine check: {args.model}, {len(prompts)} prompts x {n} rows, "
+          f"{steps} greedy tokens each, "
           + ("cuda, bf16 autocast" if cuda else f"cpu, {torch.get_num_threads()} thread(s)"))
     rates, results = {}, {}
     for name, run in [("generate()", lambda: _generate_greedy(model, tokenizer, prompts, n, steps)),
@@ -583,12 +630,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {name:14s} {rates[name]:8.0f} tokens/s")
     print(f"  speed-up {rates['lean forward'] / rates['generate()']:.2f}x")
     (tokens, logps, margins, kept, _), (rows, lean_tokens, lean_logps, _) = results.values()
-    tokens, logps, margins, kept = tokens[rows], logps[rows], margins[rows], kept[rows]  # the rows kept to the end
+    # the rows kept to the end
+    tokens, logps, margins, kept = tokens[rows], logps[rows], margins[rows], kept[rows]
     width = tokens.shape[1]
     tolerance = TOLERANCE[device.type]
-    wrong, ties, gap = agreement(tokens, logps, margins, kept, lean_tokens[:, :width], lean_logps[:, :width],
-                                 tolerance)
-    checks = {f"same greedy tokens up to each row's end ({ties} of {len(rows)} rows part at a near tie)": wrong == 0,
+    wrong, ties, gap = agreement(tokens, logps, margins, kept, lean_tokens[:, :width],
+                                 lean_logps[:, :width], tolerance)
+    checks = {(f"same greedy tokens up to each row's end ({ties} of {len(rows)} rows part "
+               "at a near tie)"): wrong == 0,
               f"log-probs within {tolerance:g} (largest gap {gap:.1e})": gap <= tolerance}
     for what, ok in checks.items():
         print(f"  {'ok  ' if ok else 'FAIL'} {what}")

@@ -41,7 +41,8 @@ def write_jsonl(path: str, records: list[dict]) -> None:
 
 def tool_calls(messages: list[dict]) -> list[dict]:
     """The {"name", "arguments"} of every tool call in a trajectory, in order."""
-    return [c["function"] for m in messages if m["role"] == "assistant" for c in m.get("tool_calls") or []]
+    return [c["function"] for m in messages if m["role"] == "assistant"
+            for c in m.get("tool_calls") or []]
 
 
 def reference(record: dict) -> list:
@@ -49,7 +50,8 @@ def reference(record: dict) -> list:
     messages, or bare tool names when the record carries names only (tool_calls_used).
     Raises ValueError for a record loaded without a teacher (load_records(need_teacher=False))."""
     if record["teacher"] is None:
-        raise ValueError(f"record {record['id']} has no teacher reference; only the sparse reward can score it")
+        raise ValueError(f"record {record['id']} has no teacher reference; "
+                         "only the sparse reward can score it")
     return tool_calls(record["teacher"]["messages"]) or record["teacher"]["tools"]
 
 
@@ -62,7 +64,8 @@ def read_rows(path: str) -> list[tuple[int, object]]:
         try:
             import pyarrow.parquet
         except ImportError:
-            raise DataError(f"{path}: reading .parquet files needs pyarrow (pip install pyarrow)") from None
+            raise DataError(f"{path}: reading .parquet files needs pyarrow "
+                            "(pip install pyarrow)") from None
         try:
             return list(enumerate(pyarrow.parquet.read_table(path).to_pylist(), 1))
         except pyarrow.ArrowException as e:
@@ -99,8 +102,8 @@ def teacher_of(row: dict) -> dict | None:
             except json.JSONDecodeError:
                 raise ValueError(f"'{key}' is a string but not a JSON list of tool names") from None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ValueError("the teacher's tools ('teacher.tools', 'tool_calls_used' or 'teacher_tools') "
-                         "must be a list of tool names")
+        raise ValueError("the teacher's tools ('teacher.tools', 'tool_calls_used' or "
+                         "'teacher_tools') must be a list of tool names")
     return {"messages": messages, "tools": names}
 
 
@@ -110,24 +113,27 @@ def load_records(path: str, need_teacher: bool = True) -> list[dict]:
     A row needs `question` and `answer` (or the authors' `reward_model.ground_truth`), and a
     teacher reference (see teacher_of) unless `need_teacher` is False (the sparse reward
     needs none); then the record's "teacher" is None. The built-in benchmark's "demo" and
-    "habit" are kept (None when absent). The authors' `data_source` serves as
-    the family when there is none; their `extra_info` (tool schemas and code) is never read, let alone run.
+    "habit" are kept (None when absent). The authors' `data_source` serves as the family when
+    there is none; their `extra_info` (tool schemas and code) is never read, let alone run.
     Raises DataError naming the file and line, or listing the tool names no tool implements."""
     records, unknown = [], {}
     for lineno, row in read_rows(path):
         where = f"{path}:{lineno}"
         if not isinstance(row, dict):
             raise DataError(f"{where}: a record must be a JSON object")
-        answer = row["answer"] if "answer" in row else (row.get("reward_model") or {}).get("ground_truth")
-        if "question" not in row or not isinstance(answer, (str, int, float)) or isinstance(answer, bool):
-            raise DataError(f"{where}: a record needs 'question' and 'answer' (or 'reward_model.ground_truth')")
+        answer = (row["answer"] if "answer" in row
+                  else (row.get("reward_model") or {}).get("ground_truth"))
+        if ("question" not in row or not isinstance(answer, (str, int, float))
+                or isinstance(answer, bool)):
+            raise DataError(f"{where}: a record needs 'question' and 'answer' "
+                            "(or 'reward_model.ground_truth')")
         try:
             reference = teacher_of(row)
         except ValueError as e:
             raise DataError(f"{where}: {e}") from None
         if reference is None and need_teacher:
-            raise DataError(f"{where}: no teacher reference ('teacher', 'tool_calls_used' or 'teacher_tools'); "
-                            "only the sparse reward trains without one")
+            raise DataError(f"{where}: no teacher reference ('teacher', 'tool_calls_used' or "
+                            "'teacher_tools'); only the sparse reward trains without one")
         for name in reference["tools"] if reference else []:
             if name not in tools.TOOLS:
                 unknown.setdefault(name, lineno)
@@ -137,7 +143,8 @@ def load_records(path: str, need_teacher: bool = True) -> list[dict]:
             raise DataError(f"{where}: 'demo' {e}") from None
         records.append({"id": str(row.get("id", f"{os.path.basename(path)}-{lineno}")),
                         "question": str(row["question"]), "answer": str(answer),
-                        "split": row.get("split", ""), "family": row.get("family", row.get("data_source", "")),
+                        "split": row.get("split", ""),
+                        "family": row.get("family", row.get("data_source", "")),
                         "teacher": reference, "demo": demo, "habit": row.get("habit")})
     if unknown:
         names = ", ".join(f"'{n}' (line {line})" for n, line in unknown.items())
@@ -169,8 +176,8 @@ def habit_differs(record: dict) -> bool:
 
 # Run settings that say where and how a run is written, run or logged, not what it learns:
 # a finished run that differs only in these is reused.
-IGNORED = {"out", "device", "compile", "grad_ckpt", "micro_batch", "resume", "save_every", "eval_every",
-           "eval_limit"}
+IGNORED = {"out", "device", "compile", "grad_ckpt", "micro_batch", "resume", "save_every",
+           "eval_every", "eval_limit"}
 
 
 def finished_run(run) -> bool:
@@ -189,7 +196,8 @@ def finished_run(run) -> bool:
         raise DataError(f"{run.out} has no readable args.json, so how it was trained is unknown; "
                                  "use another --out or delete it")
     wanted = json.loads(json.dumps(vars(run)))  # as args.json stores it
-    changed = [key for key in wanted if key not in IGNORED and (key not in saved or saved[key] != wanted[key])]
+    changed = [key for key in wanted
+               if key not in IGNORED and (key not in saved or saved[key] != wanted[key])]
     if changed:
         old = " and ".join(f"{key}={saved.get(key, 'unset')}" for key in changed)
         new = " and ".join(str(wanted[key]) for key in changed)

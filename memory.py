@@ -12,18 +12,21 @@ output: bf16 under CUDA autocast, float32 on CPU):
     adamw            AdamW's two float32 moments: 8 P
     reference        the frozen starting policy: float32 on CPU (4 P); on CUDA its linear layers in
                      bf16, the embeddings float32: 2 P + 2 V h
-    cuda context     (CUDA) the CUDA context and torch's kernels, outside what the allocator counts: 1 GiB
+    cuda context     (CUDA) the CUDA context and torch's kernels, outside what the allocator counts:
+                     1 GiB
   rollouts (rows: every prompt x group of a rollout call; an evaluation decodes as many problems):
     decoder weights  the decoder's copy of the weights it multiplies by, made once per rollout: on
-                     CUDA every projection and the output layer in bf16, 2 (L (h (q + 2 kv) + q + 2 kv
-                     + q h + 3 h i) + V h); elsewhere only the q, k, v and gate, up projections, which
-                     it packs into two matrices: 4 L (h (q + 2 kv) + q + 2 kv + 2 h i)
+                     CUDA every projection and the output layer in bf16, 2 (L (h (q + 2 kv) + q
+                     + 2 kv + q h + 3 h i) + V h); elsewhere only the q, k, v and gate, up
+                     projections, which it packs into two matrices: 4 L (h (q + 2 kv) + q + 2 kv
+                     + 2 h i)
     kv cache         rows x positions x L x kv x 2 a, keys and values in the projections' dtype;
-                     positions is T for one turn, and prompt + 2 max_tokens when a later turn may come
-                     (its buffers hold the longest conversation so far plus the largest budget left)
-    kv copy          one more kv cache: picking rows (a prompt's samples, dropping finished rows) builds
-                     the new buffers while the old ones still exist; the conversations that leave the
-                     batch keep their keys and values for the next turn, at most one more
+                     positions is T for one turn, and prompt + 2 max_tokens when a later turn may
+                     come (its buffers hold the longest conversation so far plus the largest
+                     budget left)
+    kv copy          one more kv cache: picking rows (a prompt's samples, dropping finished rows)
+                     builds the new buffers while the old ones still exist; the conversations that
+                     leave the batch keep their keys and values for the next turn, at most one more
     prefill          one layer's forward over an evaluation's prompts at once (later turns forward
                      only the new tokens), 20 h + 3 a i bytes a token, the layer's keys and values
                      repeated to every query head (4 a q; engine._attend) and the attention mask, a
@@ -33,14 +36,14 @@ output: bf16 under CUDA autocast, float32 on CPU):
                      the probabilities, the float64 CDF and, with top-p, the sorted copy and order
   training (one micro-batch of the longest rollouts, B x T tokens):
     autocast copies  (CUDA) the bf16 copy of every weight, kept by the backward: 2 P
-    activations      what the backward keeps per token and layer: float32 residuals and norms (16 h),
-                     the norms' outputs (8 h; 10 h of bf16 casts under autocast), queries, keys and
-                     values repeated to every head and the attention output (4 a h), the MLP (4 a i);
-                     for L + 1 layers (the backward's own working set), or with --grad-ckpt the
-                     layers' float32 inputs (4 h each) and two layers
+    activations      what the backward keeps per token and layer: float32 residuals and norms
+                     (16 h), the norms' outputs (8 h; 10 h of bf16 casts under autocast), queries,
+                     keys and values repeated to every head and the attention output (4 a h), the
+                     MLP (4 a i); for L + 1 layers (the backward's own working set), or with
+                     --grad-ckpt the layers' float32 inputs (4 h each) and two layers
     logprob chunk    the logits of the scored tokens (B x max_tokens), at most LOGPROB_CHUNK, x 18
-                     bytes: about four float32 copies at the peak of their backward (logits, softmax,
-                     two gradients), plus the bf16 projection
+                     bytes: about four float32 copies at the peak of their backward (logits,
+                     softmax, two gradients), plus the bf16 projection
     vocab gradients  V x h x 12: the output projection's gradient waits in a buffer for the next
                      chunk's or the embedding's, and their sum is a third tensor
   optimizer step:
@@ -60,8 +63,9 @@ import model as student
 import tools
 
 GiB = 2 ** 30
-CONFIG_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                 "vocab_size", "tie_word_embeddings")  # what the estimate reads: a Qwen2/Llama-style decoder
+# what the estimate reads: a Qwen2/Llama-style decoder
+CONFIG_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "vocab_size", "tie_word_embeddings")
 FITTING_FLAGS = "--grad-ckpt, --micro-batch, --rollout-batch, --max-tokens"
 
 
@@ -94,9 +98,11 @@ def estimate(config: PretrainedConfig, args: argparse.Namespace, prompt_tokens: 
     rows = args.rollout_batch * args.group  # an evaluation decodes as many problems at once
     positions = prompt_tokens + 2 * args.max_tokens if later_turns else T
     kv_cache = rows * positions * L * kv * 2 * a
-    prefill = rows * prompt_tokens * (20 * h + 3 * a * i + 4 * a * q + (1 + a) * prompt_tokens)  # an evaluation's
+    # an evaluation's
+    prefill = rows * prompt_tokens * (20 * h + 3 * a * i + 4 * a * q + (1 + a) * prompt_tokens)
 
-    packed = h * (q + 2 * kv) + q + 2 * kv + 2 * h * i  # per layer: q, k, v (weights, biases), gate, up
+    # per layer: q, k, v (weights, biases), gate, up
+    packed = h * (q + 2 * kv) + q + 2 * kv + 2 * h * i
     decoder = 2 * (L * (packed + q * h + h * i) + V * h) if cuda else 4 * L * packed
 
     B = args.micro_batch
@@ -105,7 +111,8 @@ def estimate(config: PretrainedConfig, args: argparse.Namespace, prompt_tokens: 
     saved = 4 * h * L + 2 * layer if args.grad_ckpt else (L + 1) * layer
     copies = 2 * P if cuda else 0
     terms = {
-        "weights": 4 * P, "gradients": 4 * P, "adamw": 8 * P, "reference": 2 * P + 2 * V * h if cuda else 4 * P,
+        "weights": 4 * P, "gradients": 4 * P, "adamw": 8 * P,
+        "reference": 2 * P + 2 * V * h if cuda else 4 * P,
         "cuda context": GiB if cuda else 0,
         "autocast copies": copies, "decoder weights": decoder,
         "kv cache": kv_cache, "kv copy": kv_cache, "prefill": prefill,
@@ -116,7 +123,8 @@ def estimate(config: PretrainedConfig, args: argparse.Namespace, prompt_tokens: 
         "adamw step": 4 * P if cuda else 8 * V * h,
     }
     terms["rollouts"] = decoder + kv_cache + max(terms["kv copy"], prefill, terms["sampling"])
-    terms["training"] = copies + terms["activations"] + terms["logprob chunk"] + terms["vocab gradients"]
+    terms["training"] = (copies + terms["activations"] + terms["logprob chunk"]
+                         + terms["vocab gradients"])
     lasting = sum(terms[k] for k in ("weights", "gradients", "adamw", "reference", "cuda context"))
     terms["total"] = lasting + max(terms["rollouts"], terms["training"], terms["adamw step"])
     return terms
@@ -124,19 +132,21 @@ def estimate(config: PretrainedConfig, args: argparse.Namespace, prompt_tokens: 
 
 def summary(terms: dict[str, int], largest: int = 4) -> str:
     """One line: the total and the `largest` terms, in GiB."""
-    parts = sorted(((v, k) for k, v in terms.items() if k not in ("rollouts", "training", "total")), reverse=True)
+    parts = sorted(((v, k) for k, v in terms.items() if k not in ("rollouts", "training", "total")),
+                   reverse=True)
     return (f"{terms['total'] / GiB:.1f} GiB (" +
             ", ".join(f"{k} {v / GiB:.1f}" for v, k in parts[:largest]) + ")")
 
 
-def fitting_flags(config: PretrainedConfig, args: argparse.Namespace, prompt_tokens: int, device_type: str,
-                  room: int) -> tuple[list[str], int]:
+def fitting_flags(config: PretrainedConfig, args: argparse.Namespace, prompt_tokens: int,
+                  device_type: str, room: int) -> tuple[list[str], int]:
     """The flags that bring the estimate under `room` bytes, and the estimate with them.
 
     Changes are tried in the order they cost the least: --grad-ckpt (recomputes activations),
     halving --micro-batch (more, smaller passes), halving --rollout-batch (smaller decode
     batches), halving --max-tokens (changes the experiment); each round takes the first that
-    lowers the total. Returns ([], total) when nothing lowers it further (the fixed part alone is too big)."""
+    lowers the total. Returns ([], total) when nothing lowers it further (the fixed part alone
+    is too big)."""
     current = argparse.Namespace(**vars(args))
     total = estimate(config, current, prompt_tokens, device_type)["total"]
     keys = ("grad_ckpt", "micro_batch", "rollout_batch", "max_tokens")
@@ -152,7 +162,8 @@ def fitting_flags(config: PretrainedConfig, args: argparse.Namespace, prompt_tok
                 break
         else:
             return [], total
-    flags = [f"--{key.replace('_', '-')}" + ("" if key == "grad_ckpt" else f" {getattr(current, key)}")
+    flags = [f"--{key.replace('_', '-')}"
+             + ("" if key == "grad_ckpt" else f" {getattr(current, key)}")
              for key in keys if getattr(current, key) != getattr(args, key)]
     return flags, total
 
@@ -165,7 +176,8 @@ def device_memory(device: str) -> int | None:
     except RuntimeError:
         return None
     if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory if torch.cuda.is_available() else None
+        return (torch.cuda.get_device_properties(device).total_memory
+                if torch.cuda.is_available() else None)
     if device.type == "cpu" and hasattr(os, "sysconf"):
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return None
@@ -189,7 +201,8 @@ def check(init: str, args: argparse.Namespace, questions: list[str]) -> None:
     # the longest prompt; rendering takes milliseconds a prompt, so only they are rendered. The
     # template's text can merge with a question's first or last token: a token or two either way.
     lengths = [len(ids) for ids in tokenizer(questions, add_special_tokens=False)["input_ids"]]
-    prompt_tokens = max(len(student.encode(tokenizer, student.prompt(tokenizer, q), tools.schemas())[0])
+    prompt_tokens = max(len(student.encode(tokenizer, student.prompt(tokenizer, q),
+                                           tools.schemas())[0])
                         for q, n in zip(questions, lengths) if n >= max(lengths) - 2)
     device_type = "cuda" if str(args.device).startswith("cuda") else "cpu"
     terms = estimate(config, args, prompt_tokens, device_type)

@@ -3,11 +3,11 @@ whole tool-using conversations, and score tokens with log-probs.
 
 Data flow:
     ensure_tiny()                       -> the built-in tiny default at runs/tiny, built once
-    load(name)                          -> model, tokenizer (the built-in tiny default or any HF model)
+    load(name)                          -> model, tokenizer (the tiny default or any HF model)
     save(run_dir, model, tokenizer)     -> run_dir/checkpoint, which load(run_dir) reads back
     prompt(tokenizer, question)         -> the chat messages a rollout starts from
     encode(tokenizer, messages, tools)  -> token ids + loss mask of a teacher trajectory (SFT)
-    rollout(model, tokenizer, prompts)  -> Rollout: sampled ids, loss mask, log-probs, tool calls (RL)
+    rollout(model, tokenizer, prompts)  -> Rollouts (RL): sampled ids, mask, log-probs, calls
     collate(rollouts) + logprobs(model) -> the tensors of the GRPO update
 
 Token in, token out: a rollout keeps the exact sampled ids; template text around them (the
@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 
 import torch
 from jinja2 import TemplateError
-from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
+from transformers import (AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM,
+                          Qwen2Tokenizer)
 
 import engine
 import tasks
@@ -42,7 +43,8 @@ class ModelError(Exception):
 # ------------------------------------------------------------------ the tiny default
 
 TINY_PATH = "runs/tiny"  # where the built-in tiny default is built (ensure_tiny)
-TINY_VOCAB = 1024        # 256 bytes + special tokens + merges: every word of the benchmark is one token
+# 256 bytes + special tokens + merges: every word of the benchmark is one token
+TINY_VOCAB = 1024
 TINY_SEED = 0
 
 # Short on purpose: no tool schemas in the prompt (the tiny model learns its tools from the
@@ -55,7 +57,8 @@ TINY_TEMPLATE = (
     "{{- '<|assistant|>' + (m.content or '') }}"
     "{%- for call in m.tool_calls or [] %}"
     "{%- set f = call.function if call.function is defined else call %}"
-    "{{- '<tool_call>\\n{\"name\": \"' + f.name + '\", \"arguments\": ' + (f.arguments | tojson) + '}\\n</tool_call>' }}"
+    "{{- '<tool_call>\\n{\"name\": \"' + f.name + '\", \"arguments\": ' + (f.arguments | tojson)"
+    " + '}\\n</tool_call>' }}"
     "{%- endfor %}"
     "{{- '<|end|>' }}"
     "{%- else %}"
@@ -64,7 +67,8 @@ TINY_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|assistant|>' }}{%- endif %}"
 )
-TINY_ROLES = ["<|system|>", "<|user|>", "<|assistant|>", "<|tool|>"]  # special: dropped from decoded text
+# special: dropped from decoded text
+TINY_ROLES = ["<|system|>", "<|user|>", "<|assistant|>", "<|tool|>"]
 TINY_ADDED = ["<tool_call>", "</tool_call>"]  # plain added tokens: they stay in decoded text
 
 
@@ -76,8 +80,8 @@ def build_tokenizer(texts: list[str]) -> Qwen2Tokenizer:
     same pipeline keeps the saved and the loaded tokenizer identical. Its pre-tokenizer puts
     every digit in a token of its own, so numbers are spelled digit by digit."""
     base = Qwen2Tokenizer(eos_token="<|end|>", pad_token="<|pad|>", unk_token=None)
-    tokenizer = base.train_new_from_iterator(texts, vocab_size=TINY_VOCAB, new_special_tokens=TINY_ROLES,
-                                             show_progress=False)
+    tokenizer = base.train_new_from_iterator(texts, vocab_size=TINY_VOCAB,
+                                             new_special_tokens=TINY_ROLES, show_progress=False)
     tokenizer.add_tokens(TINY_ADDED)
     tokenizer.chat_template = TINY_TEMPLATE
     return tokenizer
@@ -87,10 +91,10 @@ def build_tiny(path: str, texts: list[str]) -> None:
     """Create the tiny default in the run folder `path`: a ~1M-parameter Qwen2 with random
     weights (fixed seed) and a BPE tokenizer trained on `texts`."""
     tokenizer = build_tokenizer(texts)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
-                         num_key_value_heads=4, intermediate_size=384, max_position_embeddings=2048,
-                         tie_word_embeddings=True, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=128, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=4, intermediate_size=384,
+                         max_position_embeddings=2048, tie_word_embeddings=True, bos_token_id=None,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(TINY_SEED)
     save(path, Qwen2ForCausalLM(config), tokenizer)
 
@@ -103,12 +107,15 @@ def tiny_corpus(n_train: int = 4000, seed: int = 0) -> list[str]:
     import teacher  # here: teacher.py's LLM teacher rolls out through this file
 
     texts = [tasks.SYSTEM_PROMPT] + [json.dumps(s) for s in schemas()]
-    suites = {condition: tasks.benchmark(condition, n_train=n_train, seed=seed) for condition in tasks.CONDITIONS}
-    tests = {p.question for suite in suites.values() for split in ("test_id", "test_ood") for p in suite[split]}
+    suites = {condition: tasks.benchmark(condition, n_train=n_train, seed=seed)
+              for condition in tasks.CONDITIONS}
+    tests = {p.question for suite in suites.values() for split in ("test_id", "test_ood")
+             for p in suite[split]}
     for suite in suites.values():
         for problem in (p for p in suite["train"] if p.question not in tests):
             for plan in (problem.plan, problem.demo):
-                for m in teacher.trajectory(problem, plan)[1:] if plan else []:  # the system prompt is in already
+                # the system prompt is in already
+                for m in teacher.trajectory(problem, plan)[1:] if plan else []:
                     texts.append(m.get("content") or "")
                     texts += [json.dumps(c["function"]) for c in m.get("tool_calls") or []]
     return texts
@@ -157,11 +164,12 @@ def checkpoint_dir(path: str) -> str | None:
 def load(name_or_path: str | None = None, device: str | torch.device = "cpu", compile: bool = False,
          frozen: bool = False) -> tuple[AutoModelForCausalLM, Qwen2Tokenizer]:
     """Load a causal LM and its tokenizer: the tiny default (at TINY_PATH, built by
-    build_tiny) when `name_or_path` is None, else a run folder written by save(), a folder written by
-    save_pretrained, or a hub name. The same code path for all of them.
+    build_tiny) when `name_or_path` is None, else a run folder written by save(), a folder
+    written by save_pretrained, or a hub name. The same code path for all of them.
 
     Weights stay float32: on CUDA the forward passes run under bf16 autocast (see
-    `engine.autocast`), so AdamW updates at RL learning rates (1e-6) are not lost to bf16 rounding.
+    `engine.autocast`), so AdamW updates at RL learning rates (1e-6) are not lost to bf16
+    rounding.
     `compile=True` compiles the transformer stack for the training passes (logprobs; worth
     it on GPU); rollouts decode eagerly, since their shapes change at every step.
     `frozen=True` loads a model that is never trained (RL's reference): no gradients, and
@@ -169,11 +177,13 @@ def load(name_or_path: str | None = None, device: str | torch.device = "cpu", co
     policy's float32 weights to bf16 for the same matmuls and keeps the rest (embeddings,
     norms, the residual stream) float32 in both, so at the first step reference and policy
     compute the same numbers.
-    Raises ModelError with one line when the files are missing or unusable, or the device is."""
+    Raises ModelError with one line when the files are missing or unusable, or the device
+    is."""
     try:
         device = torch.device(device)
     except RuntimeError:
-        raise ModelError(f"'{device}' is not a device torch knows (cpu, cuda, cuda:1, ...)") from None
+        raise ModelError(f"'{device}' is not a device torch knows "
+                         "(cpu, cuda, cuda:1, ...)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelError(f"device '{device}': this machine has no CUDA GPU that torch can use")
     if name_or_path is None:
@@ -187,14 +197,18 @@ def load(name_or_path: str | None = None, device: str | torch.device = "cpu", co
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except Exception as e:  # missing, truncated or foreign files raise many kinds of error
         if not os.path.isdir(name_or_path):
-            raise ModelError(f"'{name_or_path}' is neither a folder nor a model the hub can serve here") from None
+            raise ModelError(f"'{name_or_path}' is neither a folder nor a model the hub can "
+                             "serve here") from None
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ModelError(f"'{name_or_path}' holds no usable model and tokenizer: {reason}") from None
+        raise ModelError(f"'{name_or_path}' holds no usable model and tokenizer: "
+                         f"{reason}") from None
     if not _ids(tokenizer, "1 + 1"):  # e.g. a folder without tokenizer files gives an empty one
         raise ModelError(f"the tokenizer of '{name_or_path}' is empty (missing tokenizer files?)")
     if not tokenizer.chat_template:
-        raise ModelError(f"the tokenizer of '{name_or_path}' has no chat template; use a chat/instruct model")
-    if tokenizer.pad_token is None:  # harmless: padding is read from attention masks, never from ids
+        raise ModelError(f"the tokenizer of '{name_or_path}' has no chat template; "
+                         "use a chat/instruct model")
+    # harmless: padding is read from attention masks, never from ids
+    if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device).eval()
     if frozen:
@@ -229,9 +243,12 @@ def prompt(tokenizer, question: str) -> list[dict]:
 
 # ------------------------------------------------------------------- chat layout (SFT)
 
-def _render(tokenizer, messages: list[dict], tools: list[dict] | None, generation_prompt: bool) -> str:
+def _render(tokenizer, messages: list[dict], tools: list[dict] | None,
+            generation_prompt: bool) -> str:
     if isinstance(tokenizer.chat_template, str) and "tools" not in tokenizer.chat_template:
-        tools = None  # a template that never names them cannot read them; converting them takes most of a render
+        # a template that never names them cannot read them; converting them takes most of a
+        # render
+        tools = None
     try:
         return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
                                              add_generation_prompt=generation_prompt)
@@ -273,8 +290,9 @@ def _pieces(tokenizer, messages: list[dict], tools: list[dict] | None) -> list[t
         glue = _glue(head, eos, ends)
         end = full.find(eos, len(head))
         if not full.startswith(head) or end < 0:
-            raise ModelError("the chat template does not render an assistant turn as its generation prompt "
-                             "followed by text ending with EOS; token-in/token-out rollouts need one that does")
+            raise ModelError("the chat template does not render an assistant turn as its "
+                             "generation prompt followed by text ending with EOS; "
+                             "token-in/token-out rollouts need one that does")
         pieces += [(glue, 0), (full[len(head):end + len(eos)], 1)]
         ends += glue.count(eos) + 1  # the turn ends with its one EOS
     if not messages or messages[-1]["role"] != "assistant":
@@ -286,7 +304,8 @@ def _ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def encode(tokenizer, messages: list[dict], tools: list[dict] | None) -> tuple[list[int], list[int]]:
+def encode(tokenizer, messages: list[dict],
+           tools: list[dict] | None) -> tuple[list[int], list[int]]:
     """Token ids of a conversation rendered by the chat template, and its loss mask: 1 on the
     tokens the assistant produces (content, tool-call text, the EOS closing each of its
     turns), 0 on system/user/tool text and template glue. Laid out exactly like a rollout:
@@ -305,15 +324,20 @@ def encode(tokenizer, messages: list[dict], tools: list[dict] | None) -> tuple[l
 
 @dataclass
 class Rollout:
-    ids: list[int]          # prompt + everything after (sampled turns and tool-response/template tokens)
+    # prompt + everything after (sampled turns and tool-response/template tokens)
+    ids: list[int]
     mask: list[int]         # 1 only on sampled tokens
-    logprobs: list[float]   # the sampler's log-prob of each sampled token (softmax(logits / T)), 0.0 elsewhere
+    # the sampler's log-prob of each sampled token (softmax(logits / T)), 0.0 elsewhere
+    logprobs: list[float]
     prompt_len: int
-    text: str               # the assistant text of all turns (decoded sampled tokens), joined by "\n"
-    calls: list[dict]       # every parsed call, in order, each {"name", "arguments", "error", "result"}
+    # the assistant text of all turns (decoded sampled tokens), joined by "\n"
+    text: str
+    # every parsed call, in order, each {"name", "arguments", "error", "result"}
+    calls: list[dict]
     turns: int              # assistant turns generated
     finished: bool          # True iff the last assistant turn ended with EOS and had no tool call
-    messages: list[dict] = field(default_factory=list)  # the turns as chat messages (assistant + tool)
+    # the turns as chat messages (assistant + tool)
+    messages: list[dict] = field(default_factory=list)
 
     @property
     def final(self) -> str:
@@ -321,7 +345,8 @@ class Rollout:
         return next((m["content"] for m in reversed(self.messages) if m["role"] == "assistant"), "")
 
 
-def _tool_turn(tokenizer, prompt: list[dict], results: list[tuple[str, str]], tools: list[dict] | None) -> list[int]:
+def _tool_turn(tokenizer, prompt: list[dict], results: list[tuple[str, str]],
+               tools: list[dict] | None) -> list[int]:
     """Token ids of the template text between the EOS closing a tool-calling turn and the
     next sampled token: the tool results (name, text) as tool messages and the generation
     prompt. Rendered after a stand-in assistant turn, since the text that follows an EOS
@@ -336,9 +361,11 @@ def _assistant_message(text: str, calls: list[dict]) -> dict:
     in the OpenAI/HF `tool_calls` shape, the rest of the text as content. An invalid call's
     block stays in the content, so the message still shows what its error reply answers."""
     blocks = iter(calls)
-    content = CALL_RE.sub(lambda m: "" if next(blocks)["error"] is None else m.group(0), text).strip()
+    content = CALL_RE.sub(lambda m: "" if next(blocks)["error"] is None else m.group(0),
+                          text).strip()
     return {"role": "assistant", "content": content,
-            "tool_calls": [{"type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+            "tool_calls": [{"type": "function",
+                            "function": {"name": c["name"], "arguments": c["arguments"]}}
                            for c in calls if c["error"] is None]}
 
 
@@ -349,35 +376,39 @@ def rollout(model, tokenizer, prompts: list[list[dict]], tools: list[dict] | Non
 
     Tokens come from softmax(logits / temperature), cut to the `top_k` most likely (0: no
     cut) and the `top_p` nucleus, or the argmax when `greedy`. Each assistant turn ends at an
-    end token (engine.end_ids: EOS and the generation config's). A turn's tool calls are parsed and run (a malformed call
-    gets its 'error: ...' text back); if turns remain, the results go back through the chat
-    template and the model continues. A conversation is finished when a turn ends with EOS
-    and holds no tool call; it is cut off (finished=False) when it is out of turns or out of
-    `max_tokens` (all tokens after the prompt: sampled and tool responses).
+    end token (engine.end_ids: EOS and the generation config's). A turn's tool calls are parsed
+    and run (a malformed call gets its 'error: ...' text back); if turns remain, the results go
+    back through the chat template and the model continues. A conversation is finished when a
+    turn ends with EOS and holds no tool call; it is cut off (finished=False) when it is out of
+    turns or out of `max_tokens` (all tokens after the prompt: sampled and tool responses).
 
     One decoder serves all turns: the lean one keeps each conversation's keys and values, so a
     later turn forwards only the tool results and the next generation prompt.
     Returns len(prompts) * n rollouts, the n samples of each prompt adjacent."""
     if not greedy and (temperature <= 0 or not 0 < top_p <= 1 or top_k < 0):
-        raise ValueError("sampling needs temperature > 0, top_k >= 0 and 0 < top_p <= 1 (greedy=True for argmax)")
+        raise ValueError("sampling needs temperature > 0, top_k >= 0 and 0 < top_p <= 1 "
+                         "(greedy=True for argmax)")
     generator = None if seed is None else torch.Generator(model.device).manual_seed(seed)
     ends = torch.tensor(engine.end_ids(model, tokenizer), device=model.device)
     pick = (temperature, top_k, top_p, greedy, generator)
     prompt_ids = [encode(tokenizer, p, tools)[0] for p in prompts]
-    runs = [Rollout(ids=list(ids), mask=[0] * len(ids), logprobs=[0.0] * len(ids), prompt_len=len(ids),
-                    text="", calls=[], turns=0, finished=False)
+    runs = [Rollout(ids=list(ids), mask=[0] * len(ids), logprobs=[0.0] * len(ids),
+                    prompt_len=len(ids), text="", calls=[], turns=0, finished=False)
             for ids in prompt_ids for _ in range(n)]
     texts = [[] for _ in runs]
     glue = {}  # (prompt, tool results) -> the template's tokens after that tool-calling turn
 
-    decoder = engine.make_decoder(model)  # one for the whole rollout: it may keep each conversation's cache
+    # one for the whole rollout: it may keep each conversation's cache
+    decoder = engine.make_decoder(model)
     active = list(range(len(runs)))
     for turn in range(max_turns):
         budgets = [max_tokens - (len(runs[i].ids) - runs[i].prompt_len) for i in active]
         if turn == 0:  # the n samples of a prompt share its forward
-            sampled = engine.sample_turn(model, decoder, active, prompt_ids, n, budgets, ends, *pick)
+            sampled = engine.sample_turn(model, decoder, active, prompt_ids, n,
+                                         budgets, ends, *pick)
         else:
-            sampled = engine.sample_turn(model, decoder, active, [runs[i].ids for i in active], 1, budgets, ends, *pick)
+            sampled = engine.sample_turn(model, decoder, active, [runs[i].ids for i in active], 1,
+                                         budgets, ends, *pick)
         still = []
         for i, (ids, logps, ended), budget in zip(active, sampled, budgets):
             r = runs[i]
@@ -391,7 +422,8 @@ def rollout(model, tokenizer, prompts: list[list[dict]], tools: list[dict] | Non
             r.calls += calls
             r.messages.append(_assistant_message(text, calls))
             if not ended or not calls or turn + 1 == max_turns:
-                r.finished = ended and not calls  # cut off: out of tokens, or out of turns while calling
+                # cut off: out of tokens, or out of turns while calling
+                r.finished = ended and not calls
                 continue
             results = tuple((str(c["name"]), c["result"]) for c in calls)
             if (i // n, results) not in glue:  # a prompt's samples often make the same calls
@@ -402,7 +434,8 @@ def rollout(model, tokenizer, prompts: list[list[dict]], tools: list[dict] | Non
             r.ids += replies
             r.mask += [0] * len(replies)
             r.logprobs += [0.0] * len(replies)
-            r.messages += [{"role": "tool", "name": str(c["name"]), "content": c["result"]} for c in calls]
+            r.messages += [{"role": "tool", "name": str(c["name"]), "content": c["result"]}
+                           for c in calls]
             still.append(i)
         active = still
         if not active:
@@ -414,11 +447,12 @@ def rollout(model, tokenizer, prompts: list[list[dict]], tools: list[dict] | Non
 
 # ------------------------------------------------------------------ scoring tokens
 
-LOGPROB_CHUNK = 2 ** 27  # logits per lm_head chunk: bounds the [tokens, vocab] float32 logits (512 MiB)
+# logits per lm_head chunk: bounds the [tokens, vocab] float32 logits (512 MiB)
+LOGPROB_CHUNK = 2 ** 27
 
 
-def _chunk_logprobs(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float,
-                    with_entropy: bool) -> tuple[torch.Tensor, ...]:
+def _chunk_logprobs(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+                    temperature: float, with_entropy: bool) -> tuple[torch.Tensor, ...]:
     """log p(target) at each of a chunk of hidden states [N, h], p = softmax(logits / temperature),
     and with `with_entropy` the entropy of p too. Without it, cross_entropy: one fused kernel
     forward and backward, no [N, vocab] log-softmax kept for a gather."""
@@ -429,8 +463,9 @@ def _chunk_logprobs(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: tor
     return logp.gather(-1, targets[:, None]).squeeze(-1), -(logp.exp() * logp).sum(-1)
 
 
-def logprobs(model, ids: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False,
-             prompts: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+def logprobs(model, ids: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0,
+             with_entropy: bool = False, prompts: torch.Tensor | None = None
+             ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Log-probs of the tokens `mask` [B, T] marks in the right-padded batch `ids` [B, T] under
     softmax(logits / temperature), the distribution rollouts sample from: out[b, t] =
     log p(ids[b, t] | ids[b, :t]) where mask[b, t] is set (never at t = 0), 0 elsewhere.
@@ -444,19 +479,24 @@ def logprobs(model, ids: torch.Tensor, mask: torch.Tensor, temperature: float = 
     recomputed in the backward pass when there are several and gradients are on, so the full
     [tokens, vocab] float32 logits never exist at once. Gradients flow. With `with_entropy`,
     also the per-token entropy (gradients flow too: the entropy bonus)."""
-    rows, cols = (mask[:, 1:] > 0).nonzero(as_tuple=True)  # the hidden state at t predicts token t + 1
+    # the hidden state at t predicts token t + 1
+    rows, cols = (mask[:, 1:] > 0).nonzero(as_tuple=True)
     with engine.autocast(model):
         hidden = _hidden_states(model, ids, rows, cols, prompts)
         targets, size = ids[rows, cols + 1], max(1, LOGPROB_CHUNK // model.lm_head.out_features)
         chunks = []
         for s in range(0, len(targets), size):
-            args = (model.lm_head, hidden[s:s + size], targets[s:s + size], temperature, with_entropy)
+            args = (model.lm_head, hidden[s:s + size], targets[s:s + size], temperature,
+                    with_entropy)
             if torch.is_grad_enabled() and len(targets) > size:
-                chunks.append(torch.utils.checkpoint.checkpoint(_chunk_logprobs, *args, use_reentrant=False))
+                chunks.append(torch.utils.checkpoint.checkpoint(_chunk_logprobs, *args,
+                                                                use_reentrant=False))
             else:
                 chunks.append(_chunk_logprobs(*args))
-    parts = list(zip(*chunks)) or [[hidden.new_zeros(0).float()]] * (1 + with_entropy)  # or nothing scored
-    outs = [torch.zeros(ids.shape, device=ids.device).index_put((rows, cols + 1), torch.cat(p)) for p in parts]
+    # or nothing scored
+    parts = list(zip(*chunks)) or [[hidden.new_zeros(0).float()]] * (1 + with_entropy)
+    outs = [torch.zeros(ids.shape, device=ids.device).index_put((rows, cols + 1), torch.cat(p))
+            for p in parts]
     return tuple(outs) if with_entropy else outs[0]
 
 
@@ -479,8 +519,8 @@ def _hidden_states(model, ids: torch.Tensor, rows: torch.Tensor, cols: torch.Ten
     for i, prompt in enumerate(distinct):
         heads[i, width - len(prompt):] = torch.tensor(prompt)
         seen[i, width - len(prompt):] = 1
-    shared = model.model(input_ids=heads, attention_mask=seen, position_ids=(seen.cumsum(-1) - 1).clamp(min=0),
-                         use_cache=True)
+    shared = model.model(input_ids=heads, attention_mask=seen,
+                         position_ids=(seen.cumsum(-1) - 1).clamp(min=0), use_cache=True)
     # Each row's copy of its prompt's keys and values, as a product with a one-hot matrix rather
     # than an index: the backward of an index that repeats rows adds their gradients in an order
     # that depends on thread timing (two runs would differ), a matmul's in a fixed one.
@@ -494,7 +534,8 @@ def _hidden_states(model, ids: torch.Tensor, rows: torch.Tensor, cols: torch.Ten
     rest = int((ids.shape[1] - start).max())
     offsets = torch.arange(rest, device=ids.device)
     tails = ids.gather(1, (start[:, None] + offsets).clamp(max=ids.shape[1] - 1))
-    after = model.model(input_ids=tails, attention_mask=torch.cat([seen[which], torch.ones_like(tails)], 1),
+    after = model.model(input_ids=tails,
+                        attention_mask=torch.cat([seen[which], torch.ones_like(tails)], 1),
                         position_ids=start[:, None] + offsets, cache=cache, use_cache=True)
     # Position t's state: the shared prompt's last one where t is a row's last prompt token.
     last = share(shared.last_hidden_state[:, -1])
@@ -503,7 +544,8 @@ def _hidden_states(model, ids: torch.Tensor, rows: torch.Tensor, cols: torch.Ten
     return torch.where(inside[:, None], states, last[rows])
 
 
-def forward_flops(model, lengths: torch.Tensor, scored: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
+def forward_flops(model, lengths: torch.Tensor, scored: torch.Tensor,
+                  start: torch.Tensor | None = None) -> torch.Tensor:
     """The FLOPs [B] of a forward pass over tokens start..length of each row (`lengths`,
     `start` [B]; start 0 by default), each attending to every token before it, that projects
     `scored` [B] of them onto the vocabulary: 2 per weight a token meets, plus 4 x the

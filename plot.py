@@ -30,7 +30,8 @@ def series(run: str) -> dict[str, list[float]]:
 
 def mean(runs: list[dict[str, list[float]]]) -> dict[str, list[float]]:
     """The step-by-step mean of several runs' series (as many steps as the shortest)."""
-    return {key: [sum(values) / len(values) for values in zip(*(run[key] for run in runs))] for key, _ in PANELS}
+    return {key: [sum(values) / len(values) for values in zip(*(run[key] for run in runs))]
+            for key, _ in PANELS}
 
 
 def draw(rows: dict[str, dict[str, dict[str, list[float]]]], out: str) -> None:
@@ -41,7 +42,8 @@ def draw(rows: dict[str, dict[str, dict[str, list[float]]]], out: str) -> None:
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(rows), len(PANELS), figsize=(4 * len(PANELS), 3 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), len(PANELS), figsize=(4 * len(PANELS), 3 * len(rows)),
+                             squeeze=False)
     for line, (title, lines) in zip(axes, rows.items()):
         for ax, (key, label) in zip(line, PANELS):
             for name, values in lines.items():

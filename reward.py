@@ -67,12 +67,14 @@ def same_calls(student: list[dict], reference: list[dict]) -> bool:
             return False
         if "arguments" in t:
             sa, ta = s.get("arguments"), t["arguments"]
-            if not isinstance(sa, dict) or sa.keys() != ta.keys() or not all(same_value(sa[k], ta[k]) for k in ta):
+            if (not isinstance(sa, dict) or sa.keys() != ta.keys()
+                    or not all(same_value(sa[k], ta[k]) for k in ta)):
                 return False
     return True
 
 
-def match(mode: str, calls: list[dict], reference: list[dict], names: set[str], taught: set[str]) -> float:
+def match(mode: str, calls: list[dict], reference: list[dict], names: set[str],
+          taught: set[str]) -> float:
     """How well the student's parsed `calls` (their registered tool `names`) match the
     teacher's `reference` calls (their tool names `taught`), in [0, 1]."""
     if mode == "strict":
@@ -115,7 +117,8 @@ def score(calls: list[dict], final: str, answer, reference: list, mode: str = "m
         reward = (CORRECT * correct + weight * m * (1 if correct else WRONG_MATCH)
                   + VALID * (invalid == 0) * (mode != "overlap"))
     return {"reward": reward, "correct": correct, "tool_match": m, "same_tools": names == taught,
-            "invalid_calls": invalid, "has_answer": bool(pred), "calls": len(calls), "finished": finished}
+            "invalid_calls": invalid, "has_answer": bool(pred), "calls": len(calls),
+            "finished": finished}
 
 
 def score_text(text: str, answer, reference: list, mode: str = "mentor", finished: bool = True,
@@ -123,7 +126,8 @@ def score_text(text: str, answer, reference: list, mode: str = "mentor", finishe
     """score() of a completion given as text: its calls are parsed from `text`, the answer is
     read from `final` (the last assistant turn) when the caller can tell turns apart, else
     from the whole text."""
-    return score(tools.parse_tool_calls(text), text if final is None else final, answer, reference, mode, finished)
+    return score(tools.parse_tool_calls(text), text if final is None else final, answer, reference,
+                 mode, finished)
 
 
 def score_rollout(rollout, record: dict, mode: str = "mentor") -> dict:
@@ -152,8 +156,9 @@ def teacher_names(row: dict, mode: str) -> list[str]:
            if k in ("tool_calls_used", "teacher_tools") and v is not None}
     reference = files.teacher_of(row)
     if reference is None and mode != "sparse":
-        raise ValueError("no teacher reference: each row needs 'tool_calls_used' (the teacher's tool names; "
-                         "for verl in extra_info); only the sparse reward scores without one")
+        raise ValueError("no teacher reference: each row needs 'tool_calls_used' (the teacher's "
+                         "tool names; for verl in extra_info); only the sparse reward scores "
+                         "without one")
     return reference["tools"] if reference else []
 
 
@@ -180,7 +185,8 @@ def end_token_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
     return {tokenizer.eos_token_id, tokenizer.pad_token_id, *declared} - {None}
 
 
-def score_completion(completion: str | list[dict], answer, reference: list, mode: str, ended: bool) -> float:
+def score_completion(completion: str | list[dict], answer, reference: list, mode: str,
+                     ended: bool) -> float:
     """The reward of one TRL completion: a string, or its messages (assistant turns and tool
     results). `ended`: its last token ends a turn. One still waiting on a tool (out of
     iterations or of length) is cut off too."""
@@ -206,10 +212,12 @@ def make_reward_func(tokenizer: PreTrainedTokenizerBase | None = None,
     without it that cannot be seen. Returns the function, which returns one float per completion."""
     ends = end_token_ids(tokenizer) if tokenizer is not None else None
 
-    def reward_func(completions: list, answer: list, completion_ids: list[list[int]], **columns) -> list[float]:
+    def reward_func(completions: list, answer: list, completion_ids: list[list[int]],
+                    **columns) -> list[float]:
         rows = [{k: columns[k][i] for k in ("tool_calls_used", "teacher_tools") if k in columns}
                 for i in range(len(completions))]
-        return [score_completion(c, a, teacher_names(row, mode), mode, ends is None or ids[-1] in ends)
+        return [score_completion(c, a, teacher_names(row, mode), mode,
+                                 ends is None or ids[-1] in ends)
                 for c, a, row, ids in zip(completions, answer, rows, completion_ids)]
 
     return reward_func
@@ -223,12 +231,13 @@ def assistant_header(tokenizer: PreTrainedTokenizerBase) -> str:
     add_generation_prompt appends (Qwen: "<|im_start|>assistant\\n")."""
     chat = [{"role": "user", "content": "x"}]
     bare = tokenizer.apply_chat_template(chat, tokenize=False)
-    return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)[len(bare):]
+    return tokenizer.apply_chat_template(chat, tokenize=False,
+                                         add_generation_prompt=True)[len(bare):]
 
 
 def compute_score(data_source: str, solution_str: str, ground_truth, extra_info: dict | None = None,
-                  tokenizer: PreTrainedTokenizerBase | None = None, ablation_exp_id: str | None = None,
-                  **kwargs) -> float:
+                  tokenizer: PreTrainedTokenizerBase | None = None,
+                  ablation_exp_id: str | None = None, **kwargs) -> float:
     """verl's reward function (custom_reward_function): the reward of `solution_str` against the
     gold `ground_truth` and the teacher's tool names in `extra_info["tool_calls_used"]`, in the
     mode the authors' `ablation_exp_id` names (MENTOR by default; see ABLATIONS). Other keywords
@@ -242,11 +251,13 @@ def compute_score(data_source: str, solution_str: str, ground_truth, extra_info:
     assistant turn. Returns the reward."""
     mode = ABLATIONS.get(ablation_exp_id or "MENTOR")
     if mode is None:
-        raise ValueError(f"unknown ablation_exp_id {ablation_exp_id!r}; choose from {', '.join(ABLATIONS)}")
+        raise ValueError(f"unknown ablation_exp_id {ablation_exp_id!r}; "
+                         f"choose from {', '.join(ABLATIONS)}")
     reference = teacher_names(extra_info or {}, mode)
     if tokenizer is None:
         return score_text(solution_str, ground_truth, reference, mode)["reward"]
     header = assistant_header(tokenizer)
     response = solution_str.split(header, 1)[-1]  # the prompt holds the system and user turns only
-    return score_text(response, ground_truth, reference, mode, solution_str.endswith(tokenizer.eos_token),
+    return score_text(response, ground_truth, reference, mode,
+                      solution_str.endswith(tokenizer.eos_token),
                       final=response.rsplit(header, 1)[-1])["reward"]

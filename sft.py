@@ -1,7 +1,8 @@
 """Supervised fine-tuning on the teacher's trajectories.
 
     python sft.py                      # the paper's SFT baseline: all teacher data
-    python sft.py --limit 400 --steps 350 --out runs/warm   # rl.py's warm start: the format, room to improve
+    python sft.py --limit 400 --steps 350 --out runs/warm   # rl.py's warm start: the format,
+                                                              room to improve
 
 The loss is the next-token cross-entropy on the assistant's tokens only: not on the prompt,
 not on tool responses (the student should learn to call tools, not to predict their output).
@@ -38,24 +39,31 @@ SETTINGS = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="Supervised fine-tuning on teacher trajectories.")
-    ap.add_argument("--model", default=None, help="HF model name or path (default: the built-in tiny student)")
+    ap.add_argument("--model", default=None,
+                    help="HF model name or path (default: the built-in tiny student)")
     ap.add_argument("--condition", default="hidden", choices=tasks.CONDITIONS,
                     help="the built-in benchmark, written to data/CONDITION unless it is there")
-    ap.add_argument("--data", default=None, help="folder with train.jsonl, test_id.jsonl, test_ood.jsonl "
-                                                 "(default: data/CONDITION)")
+    ap.add_argument("--data", default=None,
+                    help="folder with train.jsonl, test_id.jsonl, test_ood.jsonl "
+                         "(default: data/CONDITION)")
     ap.add_argument("--out", default="runs/sft", help="run folder")
     ap.add_argument("--traces", choices=["teacher", "demo"], default="teacher",
-                    help="learn the teacher's trajectories, or the weak demonstrator's where a record has them "
-                         "(the warm start that plays a pretrained student)")
-    ap.add_argument("--limit", type=int, default=None, help="train on the first N examples only (warm start)")
+                    help="learn the teacher's trajectories, or the weak demonstrator's where a "
+                         "record has them (the warm start that plays a pretrained student)")
+    ap.add_argument("--limit", type=int, default=None,
+                    help="train on the first N examples only (warm start)")
     ap.add_argument("--matched", action="store_true",
-                    help="draw each step's batch as rl.py draws its problems (same seed: the same problems)")
+                    help="draw each step's batch as rl.py draws its problems "
+                         "(same seed: the same problems)")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None)
-    ap.add_argument("--warmup", type=int, default=None, help="linear warm-up steps, then cosine decay to 10%%")
-    ap.add_argument("--eval-every", type=int, default=200, help="steps between evaluations (0: only at the end)")
-    ap.add_argument("--eval-limit", type=int, default=100, help="problems per split in periodic evaluations")
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="linear warm-up steps, then cosine decay to 10%%")
+    ap.add_argument("--eval-every", type=int, default=200,
+                    help="steps between evaluations (0: only at the end)")
+    ap.add_argument("--eval-limit", type=int, default=100,
+                    help="problems per split in periodic evaluations")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
@@ -63,7 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, (tiny, real) in SETTINGS.items():
         if getattr(args, key) is None:
             setattr(args, key, tiny if args.model is None else real)
-    if min(args.steps, args.batch_size, args.eval_limit, 1 if args.limit is None else args.limit) < 1 or args.lr <= 0:
+    if min(args.steps, args.batch_size, args.eval_limit,
+           1 if args.limit is None else args.limit) < 1 or args.lr <= 0:
         ap.error("--steps, --batch-size, --eval-limit, --limit and --lr must be positive")
     if error := teacher.data_error(args.data):
         ap.error(error)
@@ -84,7 +93,8 @@ def lr_at(step: int, peak: float, warmup: int, steps: int, schedule: str = "cosi
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def batch(examples: list[tuple[list[int], list[int]]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def batch(examples: list[tuple[list[int], list[int]]], pad_id: int,
+          device) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad (ids, loss mask) pairs into tensors: ids and loss mask [B, T]."""
     T = max(len(ids) for ids, _ in examples)
     ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
@@ -94,7 +104,8 @@ def batch(examples: list[tuple[list[int], list[int]]], pad_id: int, device) -> t
     return ids.to(device), mask.to(device)
 
 
-def train_step(policy, opt: torch.optim.Optimizer, ids: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
+def train_step(policy, opt: torch.optim.Optimizer, ids: torch.Tensor,
+               mask: torch.Tensor) -> tuple[float, float]:
     """One optimizer step of next-token cross-entropy on the tokens `mask` marks in the
     right-padded batch `ids`, the gradient's norm clipped to 1. Returns (loss, grad norm)."""
     logp = student.logprobs(policy, ids, mask)  # bf16 autocast on CUDA inside
@@ -118,19 +129,23 @@ def train(args: argparse.Namespace) -> dict[str, dict]:
     torch.manual_seed(args.seed)
     paths = teacher.ensure_data(args.data, args.condition)
     records = files.load_records(paths["train"])[:args.limit]
-    traces = [(r["demo"] if args.traces == "demo" and r["demo"] else r["teacher"])["messages"] for r in records]
+    traces = [(r["demo"] if args.traces == "demo" and r["demo"] else r["teacher"])["messages"]
+              for r in records]
     if not all(traces):
-        raise files.DataError(f"{paths['train']}: records without trajectories (messages) to learn from")
+        raise files.DataError(f"{paths['train']}: records without trajectories (messages) "
+                              "to learn from")
     splits = {name: files.load_records(paths[split], need_teacher=False)
               for name, split in (("ID", "test_id"), ("OOD", "test_ood"))}
     if args.model is None:
         student.ensure_tiny()
     policy, tokenizer = student.load(args.model, device=args.device, compile=args.compile)
-    examples = [student.encode(tokenizer, conversation(tokenizer, r, t), tools.schemas()) for r, t in zip(records, traces)]
+    examples = [student.encode(tokenizer, conversation(tokenizer, r, t), tools.schemas())
+                for r, t in zip(records, traces)]
     os.makedirs(args.out, exist_ok=True)
     files.write_json(os.path.join(args.out, "args.json"), vars(args))
     log = open(os.path.join(args.out, "metrics.jsonl"), "w")
-    print(f"sft: {len(examples)} trajectories, {sum(p.numel() for p in policy.parameters()) / 1e6:.2f}M parameters, "
+    print(f"sft: {len(examples)} trajectories, "
+          f"{sum(p.numel() for p in policy.parameters()) / 1e6:.2f}M parameters, "
           f"{args.steps} steps of {args.batch_size}")
 
     opt = torch.optim.AdamW(policy.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
@@ -147,20 +162,24 @@ def train(args: argparse.Namespace) -> dict[str, dict]:
             picks = draw.sample(range(len(examples)), args.batch_size)
         else:
             picks = torch.randint(len(examples), (args.batch_size,), generator=gen).tolist()
-        loss, grad_norm = train_step(policy, opt, *batch([examples[i] for i in picks], tokenizer.pad_token_id,
-                                                         args.device))
-        row = {"step": step + 1, "loss": loss, "grad_norm": grad_norm, "lr": lr, "step_time": time.time() - t0}
+        loss, grad_norm = train_step(policy, opt, *batch([examples[i] for i in picks],
+                                                         tokenizer.pad_token_id, args.device))
+        row = {"step": step + 1, "loss": loss, "grad_norm": grad_norm, "lr": lr,
+               "step_time": time.time() - t0}
         if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
-            for name, m in evaluate.evaluate_splits(policy, tokenizer, splits, args.eval_limit).items():
+            for name, m in evaluate.evaluate_splits(policy, tokenizer, splits,
+                                                    args.eval_limit).items():
                 row[f"{name}_accuracy"] = m["accuracy"]
         log.write(json.dumps(row) + "\n")
         log.flush()
-        bar.set_postfix(loss=f"{row['loss']:.3f}", **{k: f"{v:.2f}" for k, v in row.items() if k.endswith("accuracy")})
+        bar.set_postfix(loss=f"{row['loss']:.3f}",
+                        **{k: f"{v:.2f}" for k, v in row.items() if k.endswith("accuracy")})
 
     student.save(args.out, policy, tokenizer)
     final = evaluate.evaluate_splits(policy, tokenizer, splits, None)
     files.write_json(os.path.join(args.out, "eval.json"), final)
-    log.write(json.dumps({"step": args.steps, **{f"{n}_accuracy": m["accuracy"] for n, m in final.items()}}) + "\n")
+    log.write(json.dumps({"step": args.steps,
+                          **{f"{n}_accuracy": m["accuracy"] for n, m in final.items()}}) + "\n")
     log.close()
     print(evaluate.table({args.out: final}))
     return final

@@ -43,7 +43,8 @@ import tools
 SYSTEM_PROMPT = "Solve the problem with the tools. Put the final answer in \\boxed{}."
 # The authors' prompt (their verl data): one user turn, no system message; the chat template
 # lists the tools.
-AUTHORS_PROMPT = "Question: {}\n\nIf you have got the answer, enclose it within \\boxed{{}} with latex format."
+AUTHORS_PROMPT = ("Question: {}\n\nIf you have got the answer, enclose it within \\boxed{{}} "
+                  "with latex format.")
 
 
 def prompt(question: str, authors: bool = False) -> list[dict]:
@@ -62,8 +63,10 @@ class Problem:
     split: str
     family: str
     plan: list = field(default_factory=list)  # the teacher's turns of calls, "#k" = k-th result
-    habit: list | None = None  # the weak demonstrator's habit, where it picks other tools than the teacher
-    demo: list | None = None   # the plan the demonstrator wrote down (the teacher's or the habit); None: plan
+    # the weak demonstrator's habit, where it picks other tools than the teacher
+    habit: list | None = None
+    # the plan the demonstrator wrote down (the teacher's or the habit); None: plan
+    demo: list | None = None
 
 
 # ------------------------------------------------------------------------- the families
@@ -81,35 +84,41 @@ def num(rng: random.Random, lo: int, hi: int) -> int:
 
 def add_more(rng, lo, hi):
     n, a, b = rng.choice(NAMES), num(rng, lo, hi), num(rng, lo, hi)
-    return f"{n} has {a} apples and buys {b} more. How many apples does {n} have?", [[("add", {"a": a, "b": b})]]
+    return (f"{n} has {a} apples and buys {b} more. How many apples does {n} have?",
+            [[("add", {"a": a, "b": b})]])
 
 
 def sold(rng, lo, hi):
     a = num(rng, max(lo, 10), hi)
     b = num(rng, 1, a)
-    return f"A store has {a} cups. {b} cups are sold. How many cups are left?", [[("subtract", {"a": a, "b": b})]]
+    return (f"A store has {a} cups. {b} cups are sold. How many cups are left?",
+            [[("subtract", {"a": a, "b": b})]])
 
 
 def boxes(rng, lo, hi):
     a, b = num(rng, lo, hi), num(rng, 2, 30)
-    return f"A box holds {a} pens. How many pens are in {b} boxes?", [[("multiply", {"a": a, "b": b})]]
+    return (f"A box holds {a} pens. How many pens are in {b} boxes?",
+            [[("multiply", {"a": a, "b": b})]])
 
 
 def share(rng, lo, hi):
     a, b = num(rng, lo, hi), num(rng, 3, 9)
-    q = f"{a} dollars are shared equally by {b} friends. How much does each friend get, rounded to 2 decimals?"
+    q = (f"{a} dollars are shared equally by {b} friends. How much does each friend get, "
+         "rounded to 2 decimals?")
     return q, [[("divide", {"a": a, "b": b})], [("round_number", {"x": "#0", "digits": 2})]]
 
 
 def total(rng, lo, hi, sizes=(2, 3, 5)):
     n, xs = rng.choice(NAMES), [num(rng, lo, hi) for _ in range(rng.choice(sizes))]
     listed = ", ".join(map(str, xs[:-1])) + f" and {xs[-1]}"
-    return f"{n} scored {listed} points. How many points is that in total?", [[("sum_numbers", {"numbers": xs})]]
+    return (f"{n} scored {listed} points. How many points is that in total?",
+            [[("sum_numbers", {"numbers": xs})]])
 
 
 def square_area(rng, lo, hi):
     a = num(rng, max(lo, 2), hi)
-    return f"A square garden has sides of {a} meters. What is its area?", [[("power", {"base": a, "exponent": 2})]]
+    return (f"A square garden has sides of {a} meters. What is its area?",
+            [[("power", {"base": a, "exponent": 2})]])
 
 
 def shirts(rng, lo, hi):
@@ -120,23 +129,28 @@ def shirts(rng, lo, hi):
 
 def average(rng, lo, hi):
     xs = [num(rng, lo, hi) for _ in range(3)]
-    q = f"The temperatures were {xs[0]}, {xs[1]} and {xs[2]} degrees. What is the average, rounded down?"
-    return q, [[("sum_numbers", {"numbers": xs})], [("divide", {"a": "#0", "b": 3})], [("floor", {"x": "#1"})]]
+    q = (f"The temperatures were {xs[0]}, {xs[1]} and {xs[2]} degrees. What is the average, "
+         "rounded down?")
+    return q, [[("sum_numbers", {"numbers": xs})], [("divide", {"a": "#0", "b": 3})],
+               [("floor", {"x": "#1"})]]
 
 
 def cartons(rng, lo, hi):
     a, b = num(rng, max(lo, 13), hi), num(rng, 6, 12)
-    return f"{a} eggs are packed in cartons of {b}. How many eggs are left over?", [[("modulo", {"a": a, "b": b})]]
+    return (f"{a} eggs are packed in cartons of {b}. How many eggs are left over?",
+            [[("modulo", {"a": a, "b": b})]])
 
 
 def side(rng, lo, hi):
     a = num(rng, max(lo, 2), hi) ** 2
-    return f"A square field has an area of {a} square meters. How long is its side?", [[("sqrt", {"x": a})]]
+    return (f"A square field has an area of {a} square meters. How long is its side?",
+            [[("sqrt", {"x": a})]])
 
 
 def gap(rng, lo, hi):
     a, b = num(rng, lo, hi), num(rng, lo, hi)
-    q = f"One city is {a} meters high and another is {b} meters high. How far apart are their heights?"
+    q = (f"One city is {a} meters high and another is {b} meters high. "
+         "How far apart are their heights?")
     return q, [[("subtract", {"a": a, "b": b})], [("abs_value", {"x": "#0"})]]
 
 
@@ -152,30 +166,34 @@ def ood_total_four(rng, lo, hi):
 
 def ood_area_cost(rng, lo, hi):
     a, c = num(rng, max(lo, 2), hi), num(rng, 2, 30)
-    q = f"A square garden has sides of {a} meters. Each square meter costs {c} dollars. What does the garden cost?"
+    q = (f"A square garden has sides of {a} meters. Each square meter costs {c} dollars. "
+         "What does the garden cost?")
     return q, [[("power", {"base": a, "exponent": 2})], [("multiply", {"a": "#0", "b": c})]]
 
 
 def ood_three_steps(rng, lo, hi):
     a, b, c = num(rng, lo, hi), num(rng, lo, hi), num(rng, 2, 30)
     d = num(rng, 1, (a + b) * c)
-    q = f"A shop makes {a} red and {b} blue shirts a day. {d} of the shirts it makes in {c} days are sold. " \
-        "How many shirts are left?"
-    return q, [[("add", {"a": a, "b": b})], [("multiply", {"a": "#0", "b": c})], [("subtract", {"a": "#1", "b": d})]]
+    q = f"A shop makes {a} red and {b} blue shirts a day. {d} of the shirts it makes in {c} " \
+        "days are sold. How many shirts are left?"
+    return q, [[("add", {"a": a, "b": b})], [("multiply", {"a": "#0", "b": c})],
+               [("subtract", {"a": "#1", "b": d})]]
 
 
 def ood_four_steps(rng, lo, hi):
     q, plan = ood_three_steps(rng, lo, hi)
     e = num(rng, 6, 12)
-    q = q.replace("How many shirts are left?", f"The shirts that are left are packed in cartons of {e}. "
-                                               "How many shirts are left over?")
+    q = q.replace("How many shirts are left?",
+                  f"The shirts that are left are packed in cartons of {e}. "
+                  "How many shirts are left over?")
     return q, plan + [[("modulo", {"a": "#2", "b": e})]]
 
 
 ID_FAMILIES = {f.__name__: f for f in [add_more, sold, boxes, share, total, square_area,
                                        shirts, average, cartons, side, gap, cloth]}
 OOD_FAMILIES = {"ood_total_four": ood_total_four, "ood_area_cost": ood_area_cost,
-                "ood_big_numbers": boxes, "ood_three_steps": ood_three_steps, "ood_four_steps": ood_four_steps}
+                "ood_big_numbers": boxes, "ood_three_steps": ood_three_steps,
+                "ood_four_steps": ood_four_steps}
 RANGES = {"add_more": (1, 9999), "sold": (1, 9999), "gap": (1, 9999),  # 1 to 4 digits
           "ood_big_numbers": (1000, 9999)}
 DEFAULT_RANGE = (1, 999)  # 1 to 3 digits
@@ -219,7 +237,8 @@ def packing(rng: random.Random, numbers: str, exposed_only: bool = False):
         if numbers != "exposed" or outcomes_differ(plan(wording), plan(habit)):
             break
     c = PLURAL[container]
-    q = f"{a} {rng.choice(ITEMS)} are packed in {c} of {b}. " + WORDINGS[wording].format(c=c, one=container)
+    q = (f"{a} {rng.choice(ITEMS)} are packed in {c} of {b}. "
+         + WORDINGS[wording].format(c=c, one=container))
     return q, plan(wording), plan(habit) if habit else None
 
 
@@ -234,7 +253,8 @@ def heights(rng: random.Random, numbers: str, exposed_only: bool = False):
         a, b = b, a
     plan = [[("subtract", {"a": a, "b": b})], [("abs_value", {"x": "#0"})]]
     habit = [[("subtract", {"a": a, "b": b})]] if place == "tower" else None
-    q = f"A red {place} is {a} meters high and a blue {place} is {b} meters high. How far apart are their heights?"
+    q = (f"A red {place} is {a} meters high and a blue {place} is {b} meters high. "
+         "How far apart are their heights?")
     return q, plan, habit
 
 
@@ -253,9 +273,10 @@ def ood_climb(rng, numbers):
     _, plan, habit = heights(rng, "exposed", exposed_only=True)
     c = rng.randint(3, 12)
     a, b = plan[0][0][1]["a"], plan[0][0][1]["b"]
-    q = (f"A red tower is {a} meters high and a blue tower is {b} meters high. How many crates of {c} meters "
-         "are needed for all of the meters their heights are apart?")
-    tail = [[("divide", {"a": "#1", "b": c})], [("ceil", {"x": "#2"})]]  # after subtract #0, abs_value #1
+    q = (f"A red tower is {a} meters high and a blue tower is {b} meters high. How many crates "
+         f"of {c} meters are needed for all of the meters their heights are apart?")
+    # after subtract #0, abs_value #1
+    tail = [[("divide", {"a": "#1", "b": c})], [("ceil", {"x": "#2"})]]
     return q, plan + tail, habit + [[("divide", {"a": "#0", "b": c})], [("ceil", {"x": "#1"})]]
 
 
@@ -281,7 +302,8 @@ def run_plan(plan: list) -> tuple[list[list[dict]], str]:
         done = []
         for name, args in turn:
             # A reference takes the *text* the tool printed, as a model reading it would.
-            args = {k: float_or_int(results[int(v[1:])]) if isinstance(v, str) else v for k, v in args.items()}
+            args = {k: float_or_int(results[int(v[1:])]) if isinstance(v, str) else v
+                    for k, v in args.items()}
             result = tools.call_tool({"name": name, "arguments": args})
             if result.startswith("error"):
                 raise ValueError(f"plan step {name}({args}) failed: {result}")
@@ -296,10 +318,12 @@ def float_or_int(text: str) -> int | float:
     return int(value) if value.is_integer() else value
 
 
-def make_problem(condition: str, family: str, rng: random.Random, split: str, index: int) -> Problem:
+def make_problem(condition: str, family: str, rng: random.Random, split: str,
+                 index: int) -> Problem:
     """One problem of `family` under `condition`: the gold answer from the right plan; the
     teacher's plan (wrong on some packing problems of the "wrong" condition's training split);
-    the habit's plan and the demonstrator's (the habit on HABIT_RATE of the problems it applies to)."""
+    the habit's plan and the demonstrator's (the habit on HABIT_RATE of the problems it applies
+    to)."""
     if family in HABIT_FAMILIES or family in HABIT_OOD:
         numbers = "free" if condition == "refuted" else "hidden"
         question, plan, habit = {**HABIT_FAMILIES, **HABIT_OOD}[family](rng, numbers)
@@ -309,11 +333,13 @@ def make_problem(condition: str, family: str, rng: random.Random, split: str, in
         habit = None
     answer = run_plan(plan)[1]
     demo = habit if habit and rng.random() < HABIT_RATE else None
-    if condition == "wrong" and split == "train" and family == "packing" and rng.random() < WRONG_RATE:
+    if (condition == "wrong" and split == "train" and family == "packing"
+            and rng.random() < WRONG_RATE):
         # A teacher that rounds wrongly: the habit's tool where there is one, else another one
         # (the demonstrator keeps writing its own plan, the right one or its habit)
         right = plan[1][0][0]
-        tool = habit[1][0][0] if habit else rng.choice([t for t in CONTAINERS.values() if t != right])
+        tool = (habit[1][0][0] if habit
+                else rng.choice([t for t in CONTAINERS.values() if t != right]))
         plan, demo = [plan[0], [(tool, plan[1][0][1])]], demo or plan
     return Problem(f"{split}-{index}", question, answer, split, family, plan, habit, demo)
 
@@ -326,7 +352,8 @@ def make_split(condition: str, split: str, families: list[str], count: int, seed
     for _ in range(100 * count):  # a family too small for `count` fails loudly, never hangs
         if len(problems) == count:
             return problems
-        p = make_problem(condition, families[len(problems) % len(families)], rng, split, len(problems))
+        p = make_problem(condition, families[len(problems) % len(families)], rng, split,
+                         len(problems))
         if p.question not in seen:
             seen.add(p.question)
             problems.append(p)
@@ -342,10 +369,11 @@ def benchmark(condition: str = "hidden", n_train: int = 4000, n_test: int = 300,
     scored on the same test problems."""
     if condition not in CONDITIONS:
         raise ValueError(f"unknown condition {condition!r}; choose from {', '.join(CONDITIONS)}")
-    id_families, ood_families = (list(ID_FAMILIES), list(OOD_FAMILIES)) if condition == "none" else \
-        (list(HABIT_FAMILIES), list(HABIT_OOD))
+    id_families, ood_families = ((list(ID_FAMILIES), list(OOD_FAMILIES)) if condition == "none"
+                                 else (list(HABIT_FAMILIES), list(HABIT_OOD)))
     test_id = make_split(condition, "test_id", id_families, n_test, seed + 1, set())
-    test_ood = make_split(condition, "test_ood", ood_families, n_test, seed + 2, {p.question for p in test_id})
+    test_ood = make_split(condition, "test_ood", ood_families, n_test, seed + 2,
+                          {p.question for p in test_id})
     held_out = {p.question for p in test_id + test_ood}
     train = make_split(condition, "train", id_families, n_train, seed + 3, held_out)
     return {"train": train, "test_id": test_id, "test_ood": test_ood}
@@ -382,7 +410,8 @@ def is_correct(pred: str | None, gold, rel_tol: float = 1e-4) -> bool:
     return normalize(pred) == normalize(gold) and normalize(gold) != ""
 
 
-NO_MATH_VERIFY = "note: LaTeX answers are compared as text; pip install math-verify to compare them as mathematics"
+NO_MATH_VERIFY = ("note: LaTeX answers are compared as text; pip install math-verify to compare "
+                  "them as mathematics")
 
 
 def same_math(pred: str, gold: str) -> bool | None:

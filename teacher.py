@@ -33,7 +33,8 @@ def trajectory(problem: tasks.Problem, plan: list | None = None) -> list[dict]:
     turns, answer = tasks.run_plan(plan or problem.plan)
     for turn in turns:
         messages.append({"role": "assistant", "content": "", "tool_calls": [
-            {"type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}} for c in turn]})
+            {"type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+            for c in turn]})
         messages += [{"role": "tool", "name": c["name"], "content": c["result"]} for c in turn]
     messages.append({"role": "assistant", "content": f"\\boxed{{{answer}}}"})
     return messages
@@ -49,7 +50,8 @@ def replay(messages: list[dict]) -> str | None:
     for call, seen in zip(calls, outputs):
         if tools.call_tool({"name": call["name"], "arguments": call["arguments"]}) != seen:
             return None
-    return tasks.extract_answer(messages[-1]["content"]) if messages[-1]["role"] == "assistant" else None
+    return (tasks.extract_answer(messages[-1]["content"]) if messages[-1]["role"] == "assistant"
+            else None)
 
 
 def record(problem: tasks.Problem, messages: list[dict]) -> dict:
@@ -58,7 +60,8 @@ def record(problem: tasks.Problem, messages: list[dict]) -> dict:
     where a habit applies, the habit's tools and answer ("habit", for the gate's statistics)."""
     r = {"id": problem.id, "question": problem.question, "answer": problem.answer,
          "split": problem.split, "family": problem.family,
-         "teacher": {"messages": messages, "tools": [c["name"] for c in files.tool_calls(messages)]}}
+         "teacher": {"messages": messages,
+                     "tools": [c["name"] for c in files.tool_calls(messages)]}}
     if problem.demo:
         demo = trajectory(problem, problem.demo)
         r["demo"] = {"messages": demo, "tools": [c["name"] for c in files.tool_calls(demo)]}
@@ -103,7 +106,8 @@ SPLITS = ("train", "test_id", "test_ood")
 
 
 def split_paths(data_dir: str) -> dict[str, str]:
-    """The file of each split in `data_dir`: SPLIT.jsonl, or SPLIT.parquet where only that exists."""
+    """The file of each split in `data_dir`: SPLIT.jsonl, or SPLIT.parquet where only that
+    exists."""
     paths = {}
     for split in SPLITS:
         jsonl, parquet = (os.path.join(data_dir, f"{split}.{ext}") for ext in ("jsonl", "parquet"))
@@ -116,7 +120,8 @@ def missing_splits(paths: dict[str, str]) -> list[str]:
     return [path for path in paths.values() if not os.path.isfile(path)]
 
 
-def ensure_data(data_dir: str, condition: str = "hidden", n_train: int = 4000, seed: int = 0) -> dict[str, str]:
+def ensure_data(data_dir: str, condition: str = "hidden", n_train: int = 4000,
+                seed: int = 0) -> dict[str, str]:
     """Paths of the three splits in `data_dir` (SPLIT.jsonl, or SPLIT.parquet). When none of
     them exists, they are written: the built-in benchmark of `condition`, solved by the
     scripted teacher (scripts call this on data/CONDITION only: a folder the user names must
@@ -128,7 +133,8 @@ def ensure_data(data_dir: str, condition: str = "hidden", n_train: int = 4000, s
     if len(missing) == len(paths):
         write_scripted(data_dir, condition, n_train, seed)
     elif missing:
-        raise files.DataError(f"{', '.join(missing)}: missing; give all three splits, or none for the built-in benchmark")
+        raise files.DataError(f"{', '.join(missing)}: missing; give all three splits, "
+                              "or none for the built-in benchmark")
     return paths
 
 
@@ -138,9 +144,9 @@ def data_error(data_dir: str | None) -> str | None:
     to a named folder: a typo must not train on a new copy of the built-in benchmark."""
     missing = missing_splits(split_paths(data_dir)) if data_dir is not None else []
     if missing:
-        return (f"--data {data_dir}: no {', '.join(os.path.basename(m) for m in missing)} there; it takes a folder "
-                "with all three splits (without --data the built-in benchmark is written to data/CONDITION; "
-                "python teacher.py --out DIR writes it elsewhere)")
+        return (f"--data {data_dir}: no {', '.join(os.path.basename(m) for m in missing)} there; "
+                "it takes a folder with all three splits (without --data the built-in benchmark "
+                "is written to data/CONDITION; python teacher.py --out DIR writes it elsewhere)")
     return None
 
 
@@ -152,7 +158,8 @@ def write_scripted(data_dir: str, condition: str, n_train: int, seed: int) -> di
         records = []
         for p in problems:
             messages = trajectory(p)
-            # The replay must give the plan's answer (the gold one, unless the teacher is wrong on purpose).
+            # The replay must give the plan's answer (the gold one, unless the teacher is wrong on
+            # purpose).
             if replay(messages) != tasks.run_plan(p.plan)[1]:
                 raise AssertionError(f"teacher trajectory of {p.id} does not replay")
             records.append(record(p, messages))
@@ -163,22 +170,27 @@ def write_scripted(data_dir: str, condition: str, n_train: int, seed: int) -> di
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--condition", default="hidden", choices=tasks.CONDITIONS, help="which built-in benchmark")
-    ap.add_argument("--out", default=None, help="folder for train.jsonl, test_id.jsonl, test_ood.jsonl "
-                                                "(default: data/CONDITION)")
+    ap.add_argument("--condition", default="hidden", choices=tasks.CONDITIONS,
+                    help="which built-in benchmark")
+    ap.add_argument("--out", default=None,
+                    help="folder for train.jsonl, test_id.jsonl, test_ood.jsonl "
+                         "(default: data/CONDITION)")
     ap.add_argument("--n-train", type=int, default=4000, help="training problems")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--model", default=None, help="an HF causal LM (name or path) to use as the teacher")
+    ap.add_argument("--model", default=None,
+                    help="an HF causal LM (name or path) to use as the teacher")
     ap.add_argument("--samples", type=int, default=4, help="LLM teacher: tries per problem")
     ap.add_argument("--batch", type=int, default=64, help="LLM teacher: problems per rollout call")
-    ap.add_argument("--device", default=None, help="LLM teacher: torch device (default: cuda if available, else cpu)")
+    ap.add_argument("--device", default=None,
+                    help="LLM teacher: torch device (default: cuda if available, else cpu)")
     args = ap.parse_args()
     for flag in ("n_train", "samples", "batch"):
         if getattr(args, flag) < 1:
             ap.error(f"--{flag.replace('_', '-')} must be at least 1")
     args.out = args.out or os.path.join("data", args.condition)
 
-    errors: tuple[type[Exception], ...] = (files.DataError, OSError)  # OSError: e.g. a folder we may not write
+    # OSError: e.g. a folder we may not write
+    errors: tuple[type[Exception], ...] = (files.DataError, OSError)
     if args.model is not None:
         import torch
 
@@ -188,14 +200,15 @@ def main() -> None:
     try:
         files.check_folder(args.out)
         if args.model is None:
-            for split, counts in write_scripted(args.out, args.condition, args.n_train, args.seed).items():
+            for split, counts in write_scripted(args.out, args.condition, args.n_train,
+                                                args.seed).items():
                 print(f"{args.out}/{split}.jsonl: {sum(counts.values())} problems  " +
                       "  ".join(f"{f}={n}" for f, n in sorted(counts.items())))
             return
         # All splits in one pass, so the model is loaded once.
         splits = tasks.benchmark(args.condition, n_train=args.n_train, seed=args.seed)
-        kept = llm_records(args.model, [p for problems in splits.values() for p in problems], args.samples,
-                           args.seed, device, args.batch)
+        kept = llm_records(args.model, [p for problems in splits.values() for p in problems],
+                           args.samples, args.seed, device, args.batch)
         for split, problems in splits.items():
             records = [r for r in kept if r["split"] == split]
             files.write_jsonl(os.path.join(args.out, f"{split}.jsonl"), records)

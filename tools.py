@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 from transformers.utils import get_json_schema
 
-MAX_ABS = 1e15       # largest magnitude a tool accepts or returns: keeps answers exact-ish and cheap
+# largest magnitude a tool accepts or returns: keeps answers exact-ish and cheap
+MAX_ABS = 1e15
 MAX_LIST = 1000      # longest list sum_numbers accepts
 MAX_CALL_CHARS = 4000  # longest <tool_call> body we try to parse as JSON
 
@@ -195,7 +196,8 @@ def modulo(a: float, b: float) -> float:
 
 def is_number(v: Any) -> bool:
     # abs() first: math.isfinite(10**400) raises OverflowError, an int/float comparison never does.
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= MAX_ABS and math.isfinite(v)
+    return (isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= MAX_ABS
+            and math.isfinite(v))
 
 
 def check(name: Any, arguments: Any) -> str | None:
@@ -232,7 +234,8 @@ def check(name: Any, arguments: Any) -> str | None:
 # end of the text. Stopping at the next <tool_call> matters for rollout text (turns joined by
 # "\n"): a turn cut off inside a call must not swallow the next turn's call, so the joined
 # text parses to the same calls as the turns one by one.
-CALL_RE = re.compile(r"<tool_call>((?:(?!<tool_call>).)*?)(?:</tool_call>|(?=<tool_call>)|$)", re.DOTALL)
+CALL_RE = re.compile(r"<tool_call>((?:(?!<tool_call>).)*?)(?:</tool_call>|(?=<tool_call>)|$)",
+                     re.DOTALL)
 
 
 def parse_tool_calls(text: str) -> list[dict]:

@@ -29,7 +29,8 @@ BARS = {"sft": ("<", 0.6), "toy": (">", 0.15), "fit": ("<", 0.02), "fit_qwen3": 
 def kernels() -> list[str]:
     """The ATEN_CPU_CAPABILITY values this CPU can run."""
     flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    return ["default"] + (["avx2"] if " avx2" in flags else []) + (["avx512"] if " avx512f" in flags else [])
+    return (["default"] + (["avx2"] if " avx2" in flags else [])
+            + (["avx512"] if " avx512f" in flags else []))
 
 
 def worker(seeds: int) -> dict[str, list[float]]:
@@ -50,20 +51,24 @@ def worker(seeds: int) -> dict[str, list[float]]:
     out = {name: [] for name in BARS}
     with tempfile.TemporaryDirectory() as work:
         os.chdir(work)
-        for split, problems in tasks.benchmark("hidden", n_train=200, n_test=8).items():  # as the fixture
-            files.write_jsonl(f"data/hidden/{split}.jsonl", [teacher.record(p, teacher.trajectory(p)) for p in problems])
+        # as the fixture
+        for split, problems in tasks.benchmark("hidden", n_train=200, n_test=8).items():
+            files.write_jsonl(f"data/hidden/{split}.jsonl",
+                              [teacher.record(p, teacher.trajectory(p)) for p in problems])
         model.ensure_tiny()
         template, qwen3 = open(test_model.TEMPLATE).read(), open(test_model.QWEN3).read()
         for seed in range(seeds):
             warm = f"runs/warm{seed}"
-            sft.train(sft.parse_args(["--limit", "64", "--steps", "40", "--batch-size", "16", "--eval-every", "0",
-                                      "--out", warm, "--seed", str(seed)]))
-            losses = [row["loss"] for row in test_train.read_log(f"{warm}/metrics.jsonl") if "loss" in row]
+            sft.train(sft.parse_args(["--limit", "64", "--steps", "40", "--batch-size", "16",
+                                      "--eval-every", "0", "--out", warm, "--seed", str(seed)]))
+            losses = [row["loss"] for row in test_train.read_log(f"{warm}/metrics.jsonl")
+                      if "loss" in row]
             out["sft"].append(sum(losses[-5:]) / sum(losses[:5]))
             history = test_train.toy_grpo(warm, seed=seed)
             out["toy"].append(sum(history[-4:]) / 4 - sum(history[:4]) / 4)
             for name, tpl, think in (("fit", template, False), ("fit_qwen3", qwen3, True)):
-                path = test_model.qwen_like(os.path.join(work, f"{name}{seed}"), tpl, think=think, seed=seed)
+                path = test_model.qwen_like(os.path.join(work, f"{name}{seed}"), tpl, think=think,
+                                            seed=seed)
                 out[name].append(test_model.emit_loss(*model.load(path), 300))
     return out
 
@@ -79,8 +84,8 @@ def main() -> None:
     holds = True
     for kernel in kernels():
         env = {**os.environ, "ATEN_CPU_CAPABILITY": kernel, "HF_HUB_OFFLINE": "1"}
-        run = subprocess.run([sys.executable, __file__, "--worker", "--seeds", str(args.seeds)], env=env,
-                             capture_output=True, text=True)
+        run = subprocess.run([sys.executable, __file__, "--worker", "--seeds", str(args.seeds)],
+                             env=env, capture_output=True, text=True)
         if run.returncode:
             sys.exit(f"error: the {kernel} worker failed:\n{run.stderr[-2000:]}")
         figures = json.loads(run.stdout.strip().splitlines()[-1])
@@ -90,7 +95,8 @@ def main() -> None:
             worst = max(values) if side == "<" else min(values)
             ok = all(v < bar if side == "<" else v > bar for v in values)
             holds &= ok
-            print(f"  {name:10s} worst {worst:.4f} (bar {side} {bar}, {'holds' if ok else 'FAILS'})  "
+            print(f"  {name:10s} worst {worst:.4f} "
+                  f"(bar {side} {bar}, {'holds' if ok else 'FAILS'})  "
                   + " ".join(f"{v:.3f}" for v in values))
     print("every bar holds on every seed and kernel set" if holds else "some bar fails")
 

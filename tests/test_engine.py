@@ -14,7 +14,8 @@ def test_top_k_and_top_p_sample_only_what_they_keep():
     generator = torch.Generator().manual_seed(0)
 
     def shares(top_k, top_p):
-        return torch.bincount(engine.pick(logp, top_k, top_p, False, generator), minlength=4) / len(logp)
+        return torch.bincount(engine.pick(logp, top_k, top_p, False, generator),
+                              minlength=4) / len(logp)
     # top-k 2 and top-p 0.7 both keep tokens 0 and 1, renormalised: 0.5 / 0.8 and 0.3 / 0.8
     for kept in (shares(2, 1.0), shares(0, 0.7)):
         assert kept[2:].tolist() == [0.0, 0.0] and kept[0].item() == pytest.approx(0.625, abs=0.01)
@@ -27,7 +28,8 @@ def test_top_k_and_top_p_sample_only_what_they_keep():
 # ------------------------------------------------------------------------ the decoders
 
 @pytest.mark.parametrize("lean", [True, False])
-@pytest.mark.parametrize("rope", [None, {"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0}])
+@pytest.mark.parametrize("rope", [None,
+                                  {"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0}])
 def test_decoder_logits_equal_a_full_transformers_forward_across_turns(rope, lean, monkeypatch):
     # The plain decoder (the model's own forward with its cache) is held to the same standard.
     policy = tiny_qwen2(**({"rope_parameters": rope} if rope else {}))
@@ -35,12 +37,14 @@ def test_decoder_logits_equal_a_full_transformers_forward_across_turns(rope, lea
     if not lean:
         monkeypatch.setattr(engine, "lean_ok", lambda m: False)
     forwarded = []  # the token ids each forward reads
-    policy.model.embed_tokens.register_forward_hook(lambda module, args, out: forwarded.append(args[0].numel()))
+    policy.model.embed_tokens.register_forward_hook(
+        lambda module, args, out: forwarded.append(args[0].numel()))
     torch.manual_seed(1)
     convs = {s: torch.randint(0, 97, (n,)).tolist() for s, n in enumerate([9, 4, 6])}
 
     def check(logits, samples):  # each conversation whole, on its own, no cache
-        expected = torch.cat([policy(input_ids=torch.tensor([convs[s]])).logits[:, -1] for s in samples])
+        expected = torch.cat([policy(input_ids=torch.tensor([convs[s]])).logits[:, -1]
+                              for s in samples])
         assert torch.allclose(logits, expected, atol=1e-5)
 
     with torch.inference_mode():
@@ -53,7 +57,8 @@ def test_decoder_logits_equal_a_full_transformers_forward_across_turns(rope, lea
                 left = decoder.drop(torch.tensor([False, True, False]))
                 samples = [samples[r] for r in left.tolist()]
             tokens = torch.randint(0, 97, (len(samples),))
-            ours = torch.tensor([not (s == 2 and step > 3) for s in samples])  # 2's turn ends at step 3
+            # 2's turn ends at step 3
+            ours = torch.tensor([not (s == 2 and step > 3) for s in samples])
             for s, token, own in zip(samples, tokens.tolist(), ours.tolist()):
                 convs[s] += [token] if own else []
             logits = decoder.step(tokens, ours)
@@ -84,21 +89,26 @@ def test_masked_attention_reaches_sdpa_with_equal_head_counts(width, monkeypatch
     sees = torch.rand(3, width, 9) < 0.6
     sees[..., 0] = True
     scores = q @ keys.repeat_interleave(3, 1).transpose(-1, -2) * 0.3
-    expected = scores.masked_fill(~sees[:, None], float("-inf")).softmax(-1) @ values.repeat_interleave(3, 1)
+    expected = (scores.masked_fill(~sees[:, None], float("-inf")).softmax(-1)
+                @ values.repeat_interleave(3, 1))
     calls, sdpa = [], torch.nn.functional.scaled_dot_product_attention
 
     def spy(q, k, v, **kwargs):
-        calls.append((q.shape[1], k.shape[1], kwargs.get("enable_gqa", False), kwargs["attn_mask"] is not None))
+        calls.append((q.shape[1], k.shape[1], kwargs.get("enable_gqa", False),
+                      kwargs["attn_mask"] is not None))
         return sdpa(q, k, v, **kwargs)
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
-    out = engine._attend(q, keys, values, engine._bias(sees, 2, torch.float32, decode_on_cpu=False), 0.3)
+    out = engine._attend(q, keys, values,
+                         engine._bias(sees, 2, torch.float32, decode_on_cpu=False), 0.3)
     heads = 6 if width > 1 else 2
     assert calls == [(heads, heads, False, True)] and torch.allclose(out, expected, atol=1e-5)
     if width == 1:  # a CPU decode step takes two batched matmuls instead, to the same result
-        out = engine._attend(q, keys, values, engine._bias(sees, 2, torch.float32, decode_on_cpu=True), 0.3)
+        out = engine._attend(q, keys, values,
+                             engine._bias(sees, 2, torch.float32, decode_on_cpu=True), 0.3)
         assert len(calls) == 1 and torch.allclose(out, expected, atol=1e-5)
     calls.clear()
-    with torch.inference_mode():  # the lean decoder's prefill of left-padded prompts (4 query, 2 KV heads)
+    # the lean decoder's prefill of left-padded prompts (4 query, 2 KV heads)
+    with torch.inference_mode():
         engine.LeanDecoder(tiny_qwen2()).extend([0, 1], [[5, 6, 7, 8], [9, 10]], room=2)
     assert calls == [(4, 4, False, True)] * 2  # one per layer
 
@@ -107,7 +117,8 @@ def test_top_p_within_the_top_k_equals_top_p_over_the_vocabulary():
     torch.manual_seed(0)
     logp = (torch.randn(8, 1000) * 3).log_softmax(-1)
 
-    def over_the_vocabulary(top_k, top_p):  # the textbook order: mask below the k-th, sort everything
+    # the textbook order: mask below the k-th, sort everything
+    def over_the_vocabulary(top_k, top_p):
         if top_k:
             logp_k = logp.masked_fill(logp < logp.topk(top_k, dim=-1).values[:, -1:], float("-inf"))
         else:
@@ -130,29 +141,36 @@ def test_the_lean_decoders_buffers_live_on_the_models_device():
     """A CUDA model's decoder must not start from CPU buffers: the first extend indexes them
     with device tensors. Checked on the meta device, which CPU tensors would betray as well."""
     decoder = engine.LeanDecoder(tiny_qwen2().to("meta"))
-    buffers = [decoder.keys, decoder.values, decoder.valid, decoder.pos, decoder.cos, decoder.lm_head,
-               decoder.layers[0]["qkv"]]
+    buffers = [decoder.keys, decoder.values, decoder.valid, decoder.pos, decoder.cos,
+               decoder.lm_head, decoder.layers[0]["qkv"]]
     assert all(b.device.type == "meta" for b in buffers)
 
 
 def test_rows_leave_a_batch_by_moving_the_last_ones_into_the_gaps():
-    order, gaps, movers = engine.fill_gaps(torch.tensor([True, False, True, False, False, True, False]))
+    order, gaps, movers = engine.fill_gaps(
+        torch.tensor([True, False, True, False, False, True, False]))
     assert order.tolist() == [4, 1, 6, 3] and gaps.tolist() == [0, 2] and movers.tolist() == [4, 6]
-    assert engine.fill_gaps(torch.tensor([False, True]))[0].tolist() == [0]  # only the last left: nothing moves
+    # only the last left: nothing moves
+    assert engine.fill_gaps(torch.tensor([False, True]))[0].tolist() == [0]
 
 
 def test_lean_forward_only_where_it_is_exact():
     assert engine.lean_ok(tiny_qwen2())
-    assert not engine.lean_ok(tiny_qwen2(use_sliding_window=True, sliding_window=4, max_window_layers=0))
-    assert not engine.lean_ok(tiny_qwen2(rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 500.0}))
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                         num_key_value_heads=2, intermediate_size=96))
+    assert not engine.lean_ok(tiny_qwen2(use_sliding_window=True, sliding_window=4,
+                                         max_window_layers=0))
+    assert not engine.lean_ok(tiny_qwen2(rope_parameters={"rope_type": "dynamic", "factor": 2.0,
+                                                          "rope_theta": 500.0}))
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2,
+                                         intermediate_size=96))
     assert not engine.lean_ok(llama)
-    assert isinstance(engine.make_decoder(llama), engine.PlainDecoder)  # its own forward, with a transformers cache
+    # its own forward, with a transformers cache
+    assert isinstance(engine.make_decoder(llama), engine.PlainDecoder)
     assert isinstance(engine.make_decoder(tiny_qwen2()), engine.LeanDecoder)
 
 
-def test_the_engine_self_check_passes_and_fails_when_the_lean_forward_is_wrong(tmp_path, monkeypatch, capsys):
+def test_the_engine_self_check_passes_and_fails_when_the_lean_forward_is_wrong(tmp_path,
+                                                                               monkeypatch, capsys):
     path = qwen_like(str(tmp_path), open(TEMPLATE).read())
     engine.main(["--model", path])
     out = capsys.readouterr().out
@@ -169,11 +187,15 @@ def test_greedy_decodes_may_part_only_at_a_near_tie():
     logps = torch.full((3, 4), -0.5)
     margins = torch.tensor([[1.0, 1.0, 1.0, 0.01], [1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
     kept = torch.ones(3, 4, dtype=torch.bool)
-    lean_logps = logps + torch.tensor([[0.0, 0.0, 0.0, 3.0], [0.1, 0.0, 0.0, 0.0], [0.0, 0.02, 0.0, 0.0]])
+    lean_logps = logps + torch.tensor([[0.0, 0.0, 0.0, 3.0], [0.1, 0.0, 0.0, 0.0],
+                                       [0.0, 0.02, 0.0, 0.0]])
     # row 0 parts at a near tie (margin 0.01), row 1 where generate() was sure: one row wrong;
     # the gap is read before each row parts (row 0's 3.0 at the parting token is not)
-    wrong, ties, gap = engine.agreement(tokens, logps, margins, kept, lean, lean_logps, tolerance=0.05)
+    wrong, ties, gap = engine.agreement(tokens, logps, margins, kept, lean, lean_logps,
+                                        tolerance=0.05)
     assert (wrong, ties) == (1, 1) and gap == pytest.approx(0.1)
     kept[1, 1:] = False  # row 1 ended before it parted: nothing after its end counts
-    assert engine.agreement(tokens, logps, margins, kept, lean, lean_logps, tolerance=0.05)[:2] == (0, 1)
-    assert engine.agreement(tokens, logps, margins, kept, lean, lean_logps, tolerance=0.001)[:2] == (1, 0)
+    assert engine.agreement(tokens, logps, margins, kept, lean, lean_logps,
+                            tolerance=0.05)[:2] == (0, 1)
+    assert engine.agreement(tokens, logps, margins, kept, lean, lean_logps,
+                            tolerance=0.001)[:2] == (1, 0)

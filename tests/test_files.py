@@ -31,7 +31,8 @@ def test_load_records_authors_format(tmp_path):
             {"question": "What is 2 * 3 + 1?", "reward_model": {"ground_truth": 7},
              "tool_calls_used": '["multiply", "add"]', "data_source": "nvidia/AceReason-Math"},
             {"question": "What is 2 + 2?", "answer": 4, "teacher_tools": ["add"]}]
-    path.write_text(json.dumps(rows[0]) + "\n\n" + "\n".join(json.dumps(r) for r in rows[1:]) + "\n")
+    path.write_text(json.dumps(rows[0]) + "\n\n" + "\n".join(json.dumps(r) for r in rows[1:])
+                    + "\n")
     records = files.load_records(str(path))
     assert [r["question"] for r in records] == [r["question"] for r in rows]
     assert [r["answer"] for r in records] == ["5", "7", "4"]
@@ -46,7 +47,8 @@ def test_load_records_authors_format(tmp_path):
 def test_a_row_without_teacher_reference_is_an_error_unless_not_needed(tmp_path):
     path = tmp_path / "rows.jsonl"
     good = json.dumps({"question": "q", "answer": "1", "tool_calls_used": ["add"]})
-    path.write_text(good + "\n" + json.dumps({"question": "q2", "reward_model": {"ground_truth": "2"}}) + "\n")
+    path.write_text(good + "\n"
+                    + json.dumps({"question": "q2", "reward_model": {"ground_truth": "2"}}) + "\n")
     with pytest.raises(files.DataError) as e:
         files.load_records(str(path))
     assert str(e.value).startswith(f"{path}:2: no teacher reference")
@@ -56,8 +58,10 @@ def test_a_row_without_teacher_reference_is_an_error_unless_not_needed(tmp_path)
 
 def test_tool_names_the_registry_does_not_know_are_one_error(tmp_path):
     path = tmp_path / "rows.jsonl"
-    path.write_text("\n".join(json.dumps({"question": f"q{i}", "answer": "1", "tool_calls_used": names})
-                              for i, names in enumerate([["add"], ["search", "add"], ["python"], ["search"]])))
+    path.write_text("\n".join(json.dumps({"question": f"q{i}", "answer": "1",
+                                          "tool_calls_used": names})
+                              for i, names in enumerate([["add"], ["search", "add"], ["python"],
+                                                         ["search"]])))
     with pytest.raises(files.DataError) as e:
         files.load_records(str(path))
     message = str(e.value)
@@ -69,7 +73,8 @@ def test_tool_names_the_registry_does_not_know_are_one_error(tmp_path):
 def test_parquet_rows_load_like_jsonl(tmp_path):
     pyarrow = pytest.importorskip("pyarrow")
     import pyarrow.parquet
-    rows = [{"question": "What is 2 + 3?", "reward_model": {"ground_truth": "5"}, "tool_calls_used": '["add"]'}]
+    rows = [{"question": "What is 2 + 3?", "reward_model": {"ground_truth": "5"},
+             "tool_calls_used": '["add"]'}]
     pyarrow.parquet.write_table(pyarrow.Table.from_pylist(rows), str(tmp_path / "train.parquet"))
     records = files.load_records(str(tmp_path / "train.parquet"))
     assert records[0]["answer"] == "5" and records[0]["teacher"]["tools"] == ["add"]
@@ -89,8 +94,10 @@ def test_parquet_without_pyarrow_is_one_line(tmp_path, monkeypatch):
     ('["question", "answer"]', "must be a JSON object"),
     ('{"question": "q", "answer": "1", "teacher_tools": "add"}', "not a JSON list of tool names"),
     ('{"question": "q", "answer": "1", "teacher_tools": [1, 2]}', "must be a list of tool names"),
-    ('{"question": "q", "answer": "1", "tool_calls_used": "{\\"add\\": 1}"}', "must be a list of tool names"),
-    ('{"question": "q", "answer": [1], "tool_calls_used": ["add"]}', "needs 'question' and 'answer'"),
+    ('{"question": "q", "answer": "1", "tool_calls_used": "{\\"add\\": 1}"}',
+     "must be a list of tool names"),
+    ('{"question": "q", "answer": [1], "tool_calls_used": ["add"]}',
+     "needs 'question' and 'answer'"),
 ])
 def test_load_records_malformed_line_names_file_and_line(tmp_path, bad_line, reason):
     path = tmp_path / "data.jsonl"

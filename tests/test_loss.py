@@ -11,9 +11,11 @@ def test_advantages_normalise_each_group_with_unbiased_std():
     adv = grpo_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0, 0.2, 0.4]), group_size=3)
     # group 1: mean 1/3, unbiased std sqrt(((2/3)^2 + 2 (1/3)^2) / 2) = sqrt(1/3)
     s = math.sqrt(1 / 3)
-    assert adv[:3].tolist() == pytest.approx([(2 / 3) / (s + 1e-6), (-1 / 3) / (s + 1e-6), (-1 / 3) / (s + 1e-6)])
+    assert adv[:3].tolist() == pytest.approx([(2 / 3) / (s + 1e-6), (-1 / 3) / (s + 1e-6),
+                                              (-1 / 3) / (s + 1e-6)])
     # group 2: mean 0.2, std 0.2
-    assert adv[3:].tolist() == pytest.approx([-0.2 / (0.2 + 1e-6), 0.0, 0.2 / (0.2 + 1e-6)], abs=1e-6)
+    assert adv[3:].tolist() == pytest.approx([-0.2 / (0.2 + 1e-6), 0.0, 0.2 / (0.2 + 1e-6)],
+                                             abs=1e-6)
 
 
 def test_zero_variance_group_gets_zero_advantage_not_nan():
@@ -40,13 +42,15 @@ def test_policy_loss_unclipped_is_minus_ratio_times_advantage_per_token():
     assert loss[0].tolist() == pytest.approx([-1.1 * 2, -0.9 * 2, -1.0 * 2])
     assert clipped.sum().item() == 0.0
     mask = torch.tensor([[1.0, 1.0, 0.0]])
-    assert token_sum(loss, mask).item() == pytest.approx(-(1.1 * 2 + 0.9 * 2))  # the masked token is left out
+    # the masked token is left out
+    assert token_sum(loss, mask).item() == pytest.approx(-(1.1 * 2 + 0.9 * 2))
 
 
 def test_policy_loss_clips_on_both_sides():
     old = torch.zeros(2, 1)
     logp = torch.log(torch.tensor([[1.5], [0.5]]))
-    # positive advantage, ratio 1.5 -> clipped to 1.2; negative advantage, ratio 0.5 -> clipped to 0.8
+    # positive advantage, ratio 1.5 -> clipped to 1.2; negative advantage, ratio 0.5 -> clipped
+    # to 0.8
     loss, clipped = policy_loss(logp, old, torch.tensor([1.0, -1.0]), clip_low=0.2, clip_high=0.2)
     assert loss.flatten().tolist() == pytest.approx([-1.2 * 1, -0.8 * -1])
     assert clipped.flatten().tolist() == [1.0, 1.0]
@@ -64,7 +68,8 @@ def test_dual_clip_bounds_the_loss_of_a_negative_advantage():
     logp = torch.log(torch.tensor([[5.0], [2.0], [5.0]]))
     loss, _ = policy_loss(logp, old, torch.tensor([-0.5, -0.5, 0.5]), dual_clip=3.0)
     # ratio 5, A < 0: max(5 * 0.5, 1.2 * 0.5) = 2.5, bounded by 3 * 0.5 = 1.5
-    # ratio 2, A < 0: 2 * 0.5 = 1.0, under the bound; ratio 5, A > 0: clipped to -1.2 * 0.5, no dual clip
+    # ratio 2, A < 0: 2 * 0.5 = 1.0, under the bound; ratio 5, A > 0: clipped to -1.2 * 0.5, no
+    # dual clip
     assert loss.flatten().tolist() == pytest.approx([1.5, 1.0, -0.6])
 
 

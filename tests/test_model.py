@@ -18,8 +18,10 @@ import model
 import tasks
 import tools
 
-TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "qwen2.5-instruct.chat_template.jinja")
-QWEN3 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "qwen3.chat_template.jinja")
+TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures",
+                        "qwen2.5-instruct.chat_template.jinja")
+QWEN3 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures",
+                     "qwen3.chat_template.jinja")
 THINK = "<think>\n\n</think>\n\n"  # the empty think block Qwen3 renders on the last assistant turn
 ADD = [s for s in tools.schemas() if s["function"]["name"] == "add"]
 SYSTEM = {"role": "system", "content": "Use the tools."}
@@ -38,19 +40,21 @@ CONV_BAD = [SYSTEM, {"role": "user", "content": "Break it."},
 def qwen_like(path: str, template: str | None, think: bool = False, seed: int = 0) -> str:
     """Save a tiny random Qwen2 (weights drawn with `seed`) and a Qwen2-style tokenizer
     (byte-level BPE, <|im_start|>, <|im_end|> as EOS, <|endoftext|> as pad, the tool tags as
-    added tokens) to `path`; with `think`, <think> and </think> are added tokens too, as in Qwen3."""
+    added tokens) to `path`; with `think`, <think> and </think> are added tokens too, as in
+    Qwen3."""
     base = Qwen2Tokenizer(eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None)
     base.chat_template = open(TEMPLATE).read()
     texts = [base.apply_chat_template(c, tools=ADD, tokenize=False) for c in (CONV_ADD, CONV_BAD)]
-    tok = base.train_new_from_iterator(texts * 20, vocab_size=600, new_special_tokens=["<|im_start|>"],
-                                       show_progress=False)
+    tok = base.train_new_from_iterator(texts * 20, vocab_size=600,
+                                       new_special_tokens=["<|im_start|>"], show_progress=False)
     tok.add_tokens(["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"])
     if think:
         tok.add_tokens(["<think>", "</think>"])
     tok.chat_template = template
-    config = Qwen2Config(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, intermediate_size=128, tie_word_embeddings=False,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+                         tie_word_embeddings=False, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id, bos_token_id=None)
     torch.manual_seed(seed)
     Qwen2ForCausalLM(config).save_pretrained(path)
     tok.save_pretrained(path)
@@ -91,13 +95,15 @@ def fit(policy: Qwen2ForCausalLM, tok: Qwen2Tokenizer) -> tuple[Qwen2ForCausalLM
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """The same kind of model, trained to emit CONV_ADD and CONV_BAD (its own copy)."""
-    return fit(*model.load(qwen_like(str(tmp_path_factory.mktemp("trained")), open(TEMPLATE).read())))
+    return fit(*model.load(qwen_like(str(tmp_path_factory.mktemp("trained")),
+                                     open(TEMPLATE).read())))
 
 
 @pytest.fixture(scope="module")
 def trained_qwen3(tmp_path_factory):
     """A copy with the real Qwen3 template (and <think> known), trained the same way."""
-    return fit(*model.load(qwen_like(str(tmp_path_factory.mktemp("qwen3")), open(QWEN3).read(), think=True)))
+    return fit(*model.load(qwen_like(str(tmp_path_factory.mktemp("qwen3")), open(QWEN3).read(),
+                                     think=True)))
 
 
 def runs_of_ones(ids: list[int], mask: list[int]) -> list[list[int]]:
@@ -129,10 +135,12 @@ def test_load_tokenizer_without_chat_template_is_a_model_error(tmp_path):
 
 def test_the_tiny_default_is_built_explicitly_then_loads(tmp_path, monkeypatch):
     monkeypatch.setattr(model, "TINY_PATH", str(tmp_path / "tiny"))
-    with pytest.raises(model.ModelError, match="tiny student is not built yet"):  # loading never builds
+    # loading never builds
+    with pytest.raises(model.ModelError, match="tiny student is not built yet"):
         model.load()
     assert not (tmp_path / "tiny").exists()
-    corpus = [m["content"] for m in CONV_ADD] + ['{"name": "add", "arguments": {"a": 12, "b": 34}}'] * 50
+    corpus = ([m["content"] for m in CONV_ADD]
+              + ['{"name": "add", "arguments": {"a": 12, "b": 34}}'] * 50)
     model.build_tiny(model.TINY_PATH, corpus)
     policy, tok = model.load()
     assert isinstance(policy, Qwen2ForCausalLM) and policy.config.hidden_size == 128
@@ -140,7 +148,8 @@ def test_the_tiny_default_is_built_explicitly_then_loads(tmp_path, monkeypatch):
     assert tok.eos_token == "<|end|>" and tok.pad_token_id != tok.eos_token_id
     assert tok.tokenize("2024") == ["2", "0", "2", "4"]  # one token per digit
     text = tok.apply_chat_template(CONV_ADD, tools=tools.schemas(), tokenize=False)
-    assert "<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 2, \"b\": 3}}\n</tool_call><|end|>" in text
+    assert ("<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 2, \"b\": 3}}\n"
+            "</tool_call><|end|>" in text)
     assert "<|tool|>5<|assistant|>\\boxed{5}<|end|>" in text
     assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
 
@@ -149,8 +158,10 @@ def test_the_tiny_tokenizer_reads_no_test_question_of_any_condition():
     corpus = set(model.tiny_corpus())  # a question is one text of it (the user turn), whole
     for condition in tasks.CONDITIONS:
         splits = tasks.benchmark(condition)
-        assert not [p.question for split in ("test_id", "test_ood") for p in splits[split] if p.question in corpus]
-        assert sum(p.question in corpus for p in splits["train"][:50]) > 40  # its training questions, nearly all
+        assert not [p.question for split in ("test_id", "test_ood") for p in splits[split]
+                    if p.question in corpus]
+        # its training questions, nearly all
+        assert sum(p.question in corpus for p in splits["train"][:50]) > 40
 
 
 def test_save_then_load_a_run_folder(qwen, tmp_path):
@@ -160,13 +171,15 @@ def test_save_then_load_a_run_folder(qwen, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["checkpoint"]
     assert torch.load(tmp_path / "checkpoint" / "trainer_state.pt")["step"] == 4
     again, _ = model.load(str(tmp_path))
-    assert all(torch.equal(a, b) for a, b in zip(policy.state_dict().values(), again.state_dict().values()))
+    assert all(torch.equal(a, b)
+               for a, b in zip(policy.state_dict().values(), again.state_dict().values()))
 
 
 def test_a_crash_between_the_renames_of_save_loses_nothing(qwen, tmp_path):
     policy, tok = qwen
     model.save(str(tmp_path), policy, tok, state={"step": 3})
-    os.rename(tmp_path / "checkpoint", tmp_path / ".checkpoint-old")  # save() stopped between its renames
+    # save() stopped between its renames
+    os.rename(tmp_path / "checkpoint", tmp_path / ".checkpoint-old")
     os.makedirs(tmp_path / ".checkpoint-x1y2")  # and an earlier save() died while writing
     assert model.checkpoint_dir(str(tmp_path)) == str(tmp_path / ".checkpoint-old")
     model.load(str(tmp_path))
@@ -175,7 +188,8 @@ def test_a_crash_between_the_renames_of_save_loses_nothing(qwen, tmp_path):
     assert torch.load(tmp_path / "checkpoint" / "trainer_state.pt")["step"] == 4
 
 
-@pytest.mark.parametrize("damage", ["no tokenizer files", "truncated weights", "template that raises", "bad device"])
+@pytest.mark.parametrize("damage", ["no tokenizer files", "truncated weights",
+                                    "template that raises", "bad device"])
 def test_a_damaged_model_folder_is_a_one_line_model_error(qwen, tmp_path, damage):
     path = str(tmp_path)
     model.save(path, *qwen)
@@ -188,7 +202,8 @@ def test_a_damaged_model_folder_is_a_one_line_model_error(qwen, tmp_path, damage
         (files / "model.safetensors").write_bytes(weights[:1000])
     elif damage == "template that raises":
         template = files / "chat_template.jinja"
-        template.write_text("{{ raise_exception('System role not supported') }}" + template.read_text())
+        template.write_text("{{ raise_exception('System role not supported') }}"
+                            + template.read_text())
     else:
         device = "cuda:x"
     with pytest.raises(model.ModelError) as e:
@@ -209,19 +224,23 @@ def test_encode_masks_exactly_the_assistant_turns_qwen_template(qwen):
     ids, mask = model.encode(tok, CONV_ADD, ADD)
     assert len(ids) == len(mask)
     turns = [tok.decode(r) for r in runs_of_ones(ids, mask)]
-    assert turns == ['<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call><|im_end|>',
-                     "\\boxed{5}<|im_end|>"]
-    text = tok.decode(ids)  # the whole conversation, up to the last EOS; tools listed in the system turn
+    assert turns == [
+        '<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call><|im_end|>',
+        "\\boxed{5}<|im_end|>"]
+    # the whole conversation, up to the last EOS; tools listed in the system turn
+    text = tok.decode(ids)
     assert text == tok.apply_chat_template(CONV_ADD, tools=ADD, tokenize=False).removesuffix("\n")
     masked_out = tok.decode([i for i, m in zip(ids, mask) if not m])
-    assert "<tool_response>\n5\n</tool_response>" in masked_out and '"name": "add"' in masked_out  # schema
+    assert ("<tool_response>\n5\n</tool_response>" in masked_out
+            and '"name": "add"' in masked_out)  # schema
 
 
 def test_encode_masks_exactly_the_assistant_turns_tiny_template():
     tok = model.build_tokenizer([m["content"] for m in CONV_ADD] * 20)
     ids, mask = model.encode(tok, CONV_ADD, tools.schemas())
     assert [tok.decode(r) for r in runs_of_ones(ids, mask)] == [
-        '<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call><|end|>', "\\boxed{5}<|end|>"]
+        '<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call><|end|>',
+        "\\boxed{5}<|end|>"]
     assert tok.decode([i for i, m in zip(ids, mask) if not m]) == (
         "<|system|>Use the tools.<|user|>What is 2 plus 3?<|assistant|><|tool|>5<|assistant|>")
 
@@ -248,7 +267,8 @@ def test_encode_lays_out_each_turn_as_qwen3_writes_it_last(trained_qwen3):
     # model writes it after the generation prompt, think block included.
     _, tok = trained_qwen3
     calling = CONV_ADD[2:4]
-    conversation = CONV_ADD[:2] + calling + calling + CONV_ADD[4:]  # two tool-calling turns, then the answer
+    # two tool-calling turns, then the answer
+    conversation = CONV_ADD[:2] + calling + calling + CONV_ADD[4:]
     full = tok.apply_chat_template(conversation, tools=ADD, tokenize=False)
     call = '<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call><|im_end|>'
     assert full.count("<|im_start|>assistant\n" + call) == 2 and full.count(THINK) == 1
@@ -267,16 +287,20 @@ def test_tool_turn_tokens_equal_the_encoded_glue_qwen3_template(trained_qwen3):
     start = mask.index(1) + len(runs_of_ones(ids, mask)[0])
     glue = ids[start:start + mask[start:].index(1)]
     assert model._tool_turn(tok, CONV_ADD[:2], [("add", "5")], ADD) == glue
-    continued = tok.apply_chat_template(CONV_ADD[:4], tools=ADD, tokenize=False, add_generation_prompt=True)
+    continued = tok.apply_chat_template(CONV_ADD[:4], tools=ADD, tokenize=False,
+                                        add_generation_prompt=True)
     assert tok.decode(glue) == (
-        "\n<|im_start|>user\n<tool_response>\n5\n</tool_response><|im_end|>\n<|im_start|>assistant\n")
-    assert continued.endswith("\n</tool_call><|im_end|>" + tok.decode(glue)) and THINK not in continued
+        "\n<|im_start|>user\n<tool_response>\n5\n</tool_response><|im_end|>\n"
+        "<|im_start|>assistant\n")
+    assert (continued.endswith("\n</tool_call><|im_end|>" + tok.decode(glue))
+            and THINK not in continued)
 
 
 @pytest.mark.parametrize("old, new, error", [
     ("{{- '<|end|>' }}", "", "ending with EOS"),  # no EOS after an assistant turn
     # a generation prompt that the rendered turn does not start with
-    ("{{- '<|assistant|>' }}{%- endif %}", "{{- '<|assistant|>\\n' }}{%- endif %}", "generation prompt"),
+    ("{{- '<|assistant|>' }}{%- endif %}", "{{- '<|assistant|>\\n' }}{%- endif %}",
+     "generation prompt"),
     ("{{- '<|end|>' }}", "{{- '<|end|>' if loop.last }}", "drops the EOS of earlier turns"),
 ])
 def test_a_template_that_cannot_lay_out_turns_is_a_one_line_model_error(old, new, error):
@@ -295,11 +319,14 @@ def test_rollout_calls_the_tool_and_lays_out_tokens_like_encode(trained):
     r = model.rollout(policy, tok, [CONV_ADD[:2]], ADD, greedy=True)[0]
     assert r.calls == [{"name": "add", "arguments": {"a": 2, "b": 3}, "error": None, "result": "5"}]
     assert r.turns == 2 and r.finished
-    assert r.text == '<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call>\n\\boxed{5}'
+    assert r.text == ('<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n'
+                      '</tool_call>\n\\boxed{5}')
     ids, mask = model.encode(tok, CONV_ADD, ADD)
     assert r.ids == ids and r.mask == mask  # SFT trains exactly what rollouts sample
-    after_prompt = tok.decode([i for i, m in zip(r.ids[r.prompt_len:], r.mask[r.prompt_len:]) if not m])
-    assert after_prompt == "\n<|im_start|>user\n<tool_response>\n5\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+    after_prompt = tok.decode([i for i, m in zip(r.ids[r.prompt_len:], r.mask[r.prompt_len:])
+                               if not m])
+    assert after_prompt == ("\n<|im_start|>user\n<tool_response>\n5\n</tool_response><|im_end|>\n"
+                            "<|im_start|>assistant\n")
     assert r.messages == [{"role": "assistant", "content": "", "tool_calls": [CALL_ADD]},
                           {"role": "tool", "name": "add", "content": "5"},
                           {"role": "assistant", "content": "\\boxed{5}", "tool_calls": []}]
@@ -376,7 +403,8 @@ def test_every_declared_end_token_ends_a_turn(trained):
     first = model.rollout(policy, tok, [CONV_ADD[:2]], ADD, max_turns=1, greedy=True)[0]
     token = first.ids[first.prompt_len]  # the first token the model says
     assert engine.end_ids(policy, tok) == [tok.eos_token_id]
-    policy.generation_config.eos_token_id = [token, tok.eos_token_id]  # e.g. Qwen's <|im_end|> and <|endoftext|>
+    # e.g. Qwen's <|im_end|> and <|endoftext|>
+    policy.generation_config.eos_token_id = [token, tok.eos_token_id]
     try:
         assert engine.end_ids(policy, tok) == sorted({token, tok.eos_token_id})
         r = model.rollout(policy, tok, [CONV_ADD[:2]], ADD, max_turns=1, greedy=True)[0]
@@ -398,8 +426,8 @@ def test_group_layout_seed_and_greedy(qwen):
         assert all(r.ids[:r.prompt_len] == prompt_ids for r in a[3 * i:3 * i + 3])
     greedy = model.rollout(policy, tok, prompts, ADD, n=3, max_tokens=12, greedy=True)
     assert greedy[0].ids == greedy[1].ids == greedy[2].ids
-    assert [r.ids for r in greedy] == [r.ids for r in model.rollout(policy, tok, prompts, ADD, n=3, max_tokens=12,
-                                                                    greedy=True)]
+    assert [r.ids for r in greedy] == [r.ids for r in model.rollout(policy, tok, prompts, ADD, n=3,
+                                                                    max_tokens=12, greedy=True)]
     nucleus = model.rollout(policy, tok, prompts, ADD, n=3, max_tokens=12, top_p=1e-6, seed=3)
     assert [r.ids for r in nucleus] == [r.ids for r in greedy]  # a tiny nucleus is the top token
 
@@ -417,8 +445,9 @@ def test_lean_and_transformers_forward_sample_the_same(trained, monkeypatch):
 
 def tiny_qwen2(**overrides) -> Qwen2ForCausalLM:
     """A random 2-layer Qwen2 with grouped-query attention (4 query heads, 2 KV heads)."""
-    config = dict(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                  intermediate_size=96, max_position_embeddings=256, rope_theta=500.0)
+    config = dict(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, intermediate_size=96, max_position_embeddings=256,
+                  rope_theta=500.0)
     torch.manual_seed(0)
     return Qwen2ForCausalLM(Qwen2Config(**(config | overrides))).eval()
 
@@ -433,8 +462,10 @@ def test_a_reference_with_bf16_matmuls_scores_like_the_float32_policy_under_auto
     ref.load_state_dict(policy.state_dict())
     model.matmuls_in_bf16(ref)
     assert ref.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
-    assert ref.model.embed_tokens.weight.dtype == torch.float32 and ref.model.norm.weight.dtype == torch.float32
-    assert (ref.lm_head.weight.dtype == torch.float32) == tied  # tied to the embeddings: left float32
+    assert (ref.model.embed_tokens.weight.dtype == torch.float32
+            and ref.model.norm.weight.dtype == torch.float32)
+    # tied to the embeddings: left float32
+    assert (ref.lm_head.weight.dtype == torch.float32) == tied
     torch.manual_seed(1)
     ids = torch.randint(0, 97, (4, 12))
     mask = torch.ones(4, 12)
@@ -443,7 +474,8 @@ def test_a_reference_with_bf16_matmuls_scores_like_the_float32_policy_under_auto
         for shared in (None, prompts):
             a, b = (model.logprobs(m, ids, mask, prompts=shared) for m in (policy, ref))
             assert torch.equal(a, b)
-    plain = model.logprobs(policy, ids, mask)  # and bf16 does change the numbers: the check can fail
+    # and bf16 does change the numbers: the check can fail
+    plain = model.logprobs(policy, ids, mask)
     assert not torch.equal(plain, a)
 
 
@@ -458,7 +490,8 @@ def test_logprobs_score_the_masked_tokens_and_carry_gradients(qwen, monkeypatch,
     mask[0, :6] = 0  # a prompt: read, not scored
     mask[1, 20:] = 0  # right padding
     scored = mask[:, 1:].bool()
-    # every scored token in one chunk of logits, or in chunks of 8 tokens, recomputed in the backward
+    # every scored token in one chunk of logits, or in chunks of 8 tokens, recomputed in the
+    # backward
     monkeypatch.setattr(model, "LOGPROB_CHUNK", 8 * len(tok) if chunks > 1 else model.LOGPROB_CHUNK)
     out, entropy = model.logprobs(policy, ids, mask, with_entropy=True)
     logits = policy(input_ids=ids).logits.float()[:, :-1]
@@ -473,7 +506,8 @@ def test_logprobs_score_the_masked_tokens_and_carry_gradients(qwen, monkeypatch,
     assert torch.allclose(out[1:, :20], alone, atol=1e-5)
     assert torch.allclose(model.logprobs(policy, ids, mask), out, atol=1e-6)
     out.sum().backward()
-    assert policy.lm_head.weight.grad is not None and policy.model.embed_tokens.weight.grad.abs().sum() > 0
+    assert (policy.lm_head.weight.grad is not None
+            and policy.model.embed_tokens.weight.grad.abs().sum() > 0)
     policy.zero_grad(set_to_none=True)
 
 
@@ -488,7 +522,8 @@ def test_rows_sharing_a_prompt_read_it_once_and_score_the_same(qwen):
         ids[row, :n] = prompts[n]
         mask[row, n:end] = 1  # the first scored token is predicted by the prompt's last state
     forwarded = []
-    hook = policy.model.embed_tokens.register_forward_hook(lambda m, args, out: forwarded.append(args[0].shape))
+    hook = policy.model.embed_tokens.register_forward_hook(
+        lambda m, args, out: forwarded.append(args[0].shape))
     grads = []
     for shared in (None, lengths):
         out, entropy = model.logprobs(policy, ids, mask, with_entropy=True, prompts=shared)
@@ -499,13 +534,14 @@ def test_rows_sharing_a_prompt_read_it_once_and_score_the_same(qwen):
             plain, plain_entropy = out, entropy
     hook.remove()
     assert forwarded == [(6, 30), (2, 11), (6, 22)]  # the two prompts once, then each row's rest
-    assert torch.allclose(out, plain, atol=1e-5) and torch.allclose(entropy, plain_entropy, atol=1e-5)
+    assert (torch.allclose(out, plain, atol=1e-5)
+            and torch.allclose(entropy, plain_entropy, atol=1e-5))
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(*grads))
 
 
 def test_collate_right_pads_and_aligns_masks_with_logprobs():
-    a = model.Rollout(ids=[5, 6, 7, 8], mask=[0, 0, 1, 1], logprobs=[0.0, 0.0, -1.0, -2.0], prompt_len=2,
-                      text="", calls=[], turns=1, finished=True)
+    a = model.Rollout(ids=[5, 6, 7, 8], mask=[0, 0, 1, 1], logprobs=[0.0, 0.0, -1.0, -2.0],
+                      prompt_len=2, text="", calls=[], turns=1, finished=True)
     b = model.Rollout(ids=[5, 6, 9], mask=[0, 0, 1], logprobs=[0.0, 0.0, -3.0], prompt_len=2,
                       text="", calls=[], turns=1, finished=False)
     batch = model.collate([a, b], pad_id=0)

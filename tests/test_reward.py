@@ -33,8 +33,8 @@ def box(x) -> str:
 
 def test_correct_full_match_no_invalid_is_1_1():
     r = score(ADD + MUL + box(14), "14", ["add", "multiply"])
-    assert r == {"reward": approx(1.1), "correct": True, "tool_match": 1.0, "same_tools": True, "invalid_calls": 0,
-                 "has_answer": True, "calls": 2, "finished": True}
+    assert r == {"reward": approx(1.1), "correct": True, "tool_match": 1.0, "same_tools": True,
+                 "invalid_calls": 0, "has_answer": True, "calls": 2, "finished": True}
 
 
 def test_mentor_is_equality_of_the_sets_of_names():
@@ -88,8 +88,9 @@ def test_a_known_tool_with_bad_arguments_is_no_hallucination():
 
 def test_overlap_any_shared_name_and_no_validity_term():
     teacher = ["add", "multiply"]
-    assert score(ADD + box(14), "14", teacher, mode="overlap")["reward"] == approx(1.0)    # 0.7 + 0.3
-    assert score(call("sqrt", x=4) + box(14), "14", teacher, mode="overlap")["reward"] == approx(0.7)
+    assert score(ADD + box(14), "14", teacher, mode="overlap")["reward"] == approx(1.0)  # 0.7 + 0.3
+    assert score(call("sqrt", x=4) + box(14), "14", teacher,
+                 mode="overlap")["reward"] == approx(0.7)
     assert score(ADD + box(15), "14", teacher, mode="overlap")["reward"] == approx(0.06)   # 0.3*0.2
     assert score(UNKNOWN + ADD + box(14), "14", teacher, mode="overlap")["reward"] == approx(1.0)
     assert score(box(15), "14", teacher, mode="overlap")["reward"] == approx(0.0)
@@ -105,7 +106,8 @@ def test_no_match_is_outcome_plus_validity():
 
 def test_f1_over_the_sets_of_names():
     teacher = ["add", "multiply"]
-    # {add} vs {add, multiply}: F1 = 2*1/3; right: 0.7 + 0.3*(2/3) + 0.1 = 1.0; wrong: 0.3*(2/3)*0.2 + 0.1
+    # {add} vs {add, multiply}: F1 = 2*1/3; right: 0.7 + 0.3*(2/3) + 0.1 = 1.0; wrong:
+    # 0.3*(2/3)*0.2 + 0.1
     r = score(ADD + call("add", a=1, b=1) + box(14), "14", teacher, mode="f1")
     assert r["tool_match"] == approx(2 / 3) and r["reward"] == approx(1.0)
     assert score(ADD + box(15), "14", teacher, mode="f1")["reward"] == approx(0.14)
@@ -124,7 +126,8 @@ def test_unfinished_is_zero_in_every_mode():
 
 def test_no_box_or_empty_box_is_0_1_in_every_mode():
     for mode in reward.MODES:
-        for text in [ADD + MUL + "The answer is 14.", ADD + "\\boxed{}", ADD + "\\boxed{  }", ADD + "\\boxed{14"]:
+        for text in [ADD + MUL + "The answer is 14.", ADD + "\\boxed{}", ADD + "\\boxed{  }",
+                     ADD + "\\boxed{14"]:
             r = score(text, "14", ["add", "multiply"], mode=mode)
             assert r["reward"] == approx(0.1), (mode, text)
             assert r["has_answer"] is False and r["correct"] is False
@@ -146,7 +149,8 @@ def test_sparse():
     assert score(ADD + MUL + box(15), "14", teacher, mode="sparse")["reward"] == approx(0.1)
     assert score(ADD + MUL + box(14), "14", teacher, mode="sparse", finished=False)["reward"] == 0.0
     assert score(ADD + MUL, "14", teacher, mode="sparse")["reward"] == approx(0.1)
-    assert score(ADD + box(14), "14", teacher, mode="sparse")["tool_match"] == approx(2 / 3)  # logged only
+    # logged only
+    assert score(ADD + box(14), "14", teacher, mode="sparse")["tool_match"] == approx(2 / 3)
 
 
 # ------------------------------------------------------------------------- strict mode
@@ -185,12 +189,14 @@ def test_strict_compares_lists_element_wise():
     same = call("sum_numbers", numbers=[1.0, 2, 3.0])
     assert score(same + box(6), "6", teacher, mode="strict")["reward"] == approx(1.1)
     for other in ([1, 2], [1, 2, 4], [3, 2, 1]):
-        assert score(call("sum_numbers", numbers=other) + box(6), "6", teacher, mode="strict")["tool_match"] == 0.0
+        assert score(call("sum_numbers", numbers=other) + box(6), "6", teacher,
+                     mode="strict")["tool_match"] == 0.0
     assert reward.same_value([1, [2.0]], [1.0, [2]])
     assert not reward.same_value(3, "3")
     assert not reward.same_value(True, 1)
     # a boolean is not the number 1 (the tools refuse it), so it does not replicate add(a=1, b=4)
-    r = score(call("add", a=True, b=4) + box(5), "5", [{"name": "add", "arguments": {"a": 1, "b": 4}}], mode="strict")
+    r = score(call("add", a=True, b=4) + box(5), "5",
+              [{"name": "add", "arguments": {"a": 1, "b": 4}}], mode="strict")
     assert r["tool_match"] == 0.0 and r["reward"] == approx(0.8)
 
 
@@ -220,7 +226,8 @@ def test_unknown_mode_raises():
 
 
 def test_score_never_raises_on_garbage():
-    for text in ["<tool_call>", "<tool_call>{}</tool_call>", "\\boxed{", "}" * 10, "<tool_call>null</tool_call>",
+    for text in ["<tool_call>", "<tool_call>{}</tool_call>", "\\boxed{", "}" * 10,
+                 "<tool_call>null</tool_call>",
                  '<tool_call>{"name": {"a": 1}}</tool_call>\\boxed{1}', "\\boxed{\\boxed{1}}"]:
         for mode in reward.MODES:
             r = score(text, "1", STRICT_TEACHER, mode=mode)
@@ -229,7 +236,8 @@ def test_score_never_raises_on_garbage():
 
 def test_the_answer_must_be_in_the_last_turn():
     turns = [ADD + box(7), "I am done."]  # a box beside a tool call, then a last turn without one
-    assert score("\n".join(turns), "7", ["add"])["correct"]  # from the text alone, the last box counts
+    # from the text alone, the last box counts
+    assert score("\n".join(turns), "7", ["add"])["correct"]
     s = score("\n".join(turns), "7", ["add"], final=turns[-1])
     assert not s["correct"] and not s["has_answer"] and s["reward"] == approx(0.1)
 
@@ -252,7 +260,8 @@ def test_the_authors_rows_score_against_their_teacher(tmp_path, row):
     path.write_text(json.dumps(row) + "\n")
     record = files.load_records(str(path))[0]
     # calling the teacher's tool beats calling none (the reverse of what an empty teacher gave)
-    assert reward.score_rollout(FakeRollout(call("add", a=2, b=3) + box(5)), record)["reward"] == approx(1.1)
+    assert reward.score_rollout(FakeRollout(call("add", a=2, b=3) + box(5)),
+                                record)["reward"] == approx(1.1)
     assert reward.score_rollout(FakeRollout(box(5)), record)["reward"] == approx(0.8)
 
 

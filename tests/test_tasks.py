@@ -37,7 +37,8 @@ HAND = {
     "ood_total_four": lambda n: sum(n),
     "ood_area_cost": lambda n: n[0] * n[0] * n[1],
     "ood_big_numbers": lambda n: n[0] * n[1],
-    "ood_three_steps": lambda n: (n[0] + n[1]) * n[3] - n[2],  # a, b, then d before c in the question
+    # a, b, then d before c in the question
+    "ood_three_steps": lambda n: (n[0] + n[1]) * n[3] - n[2],
     "ood_four_steps": lambda n: ((n[0] + n[1]) * n[3] - n[2]) % n[4],
 }
 
@@ -60,7 +61,8 @@ def test_sizes_and_fields(bench):
     assert {p.family for p in bench["test_id"]} == set(tasks.ID_FAMILIES)
     assert {p.family for p in bench["test_ood"]} == set(tasks.OOD_FAMILIES)
     # families round-robin: 60 OOD problems over 5 families is 12 each
-    assert sorted([p.family for p in bench["test_ood"]].count(f) for f in tasks.OOD_FAMILIES) == [12] * 5
+    assert sorted([p.family for p in bench["test_ood"]].count(f)
+                  for f in tasks.OOD_FAMILIES) == [12] * 5
     small = tasks.benchmark("none", n_train=7, n_test=5, seed=3)
     assert [len(small[s]) for s in ("train", "test_id", "test_ood")] == [7, 5, 5]
 
@@ -134,7 +136,8 @@ def test_answers_match_hand_arithmetic(bench):
 
 
 def test_run_plan_resolves_references():
-    plan = [[("add", {"a": 2, "b": 3})], [("multiply", {"a": "#0", "b": 4})], [("divide", {"a": "#1", "b": 8})]]
+    plan = [[("add", {"a": 2, "b": 3})], [("multiply", {"a": "#0", "b": 4})],
+            [("divide", {"a": "#1", "b": 8})]]
     turns, answer = tasks.run_plan(plan)
     assert answer == "2.5"
     assert turns[1][0] == {"name": "multiply", "arguments": {"a": 5, "b": 4}, "result": "20"}
@@ -152,7 +155,8 @@ def test_two_strategies_give_the_same_answer(bench):
         assert name == "sum_numbers"
         acc = args["numbers"][0]
         for x in args["numbers"][1:]:  # the other strategy: a chain of add calls
-            acc = tasks.float_or_int(tools.call_tool({"name": "add", "arguments": {"a": acc, "b": x}}))
+            acc = tasks.float_or_int(tools.call_tool({"name": "add",
+                                                      "arguments": {"a": acc, "b": x}}))
         assert str(acc) == p.answer
     for p in squares:
         [[(name, args)]] = p.plan
@@ -162,8 +166,10 @@ def test_two_strategies_give_the_same_answer(bench):
 
 
 def test_ood_total_four_is_an_unseen_length_inside_the_seen_range(bench):
-    id_sizes = {len(p.plan[0][0][1]["numbers"]) for ps in bench.values() for p in ps if p.family == "total"}
-    ood_sizes = {len(p.plan[0][0][1]["numbers"]) for p in bench["test_ood"] if p.family == "ood_total_four"}
+    id_sizes = {len(p.plan[0][0][1]["numbers"]) for ps in bench.values() for p in ps
+                if p.family == "total"}
+    ood_sizes = {len(p.plan[0][0][1]["numbers"]) for p in bench["test_ood"]
+                 if p.family == "ood_total_four"}
     assert id_sizes == {2, 3, 5}
     assert ood_sizes == {4}
 
@@ -224,7 +230,8 @@ def test_is_correct_false(pred, gold):
 
 
 @pytest.mark.parametrize("pred, gold, same", [
-    ("0.75", "\\frac{3}{4}", True), ("\\frac{6}{8}", "\\frac{3}{4}", True), ("\\sqrt{8}", "2\\sqrt{2}", True),
+    ("0.75", "\\frac{3}{4}", True), ("\\frac{6}{8}", "\\frac{3}{4}", True),
+    ("\\sqrt{8}", "2\\sqrt{2}", True),
     ("3/4", "0.75", True), ("0.7", "\\frac{3}{4}", False), ("\\frac{3}{5}", "\\frac{3}{4}", False),
 ])
 def test_latex_answers_with_math_verify(pred, gold, same):
@@ -236,7 +243,8 @@ def test_latex_answers_without_math_verify_are_text_and_say_so(monkeypatch, caps
     monkeypatch.setitem(sys.modules, "math_verify", None)  # as if not installed
     tasks.note_once.cache_clear()
     assert not tasks.is_correct("0.75", "\\frac{3}{4}")
-    assert tasks.is_correct("\\frac{3}{4}", "\\frac{3}{4}")  # the same text still is the same answer
+    # the same text still is the same answer
+    assert tasks.is_correct("\\frac{3}{4}", "\\frac{3}{4}")
     assert capsys.readouterr().err.count("pip install math-verify") == 1  # once
 
 
@@ -292,9 +300,12 @@ def test_habit_families_answers_are_their_plans_and_the_hand_arithmetic(conditio
     for condition in ("hidden", "refuted", "wrong"):
         for problems in conditions[condition].values():
             for p in problems:
-                assert tasks.run_plan(p.plan)[1] == p.answer or (condition == "wrong" and p.family == "packing")
-                assert float(p.answer) == HAND_HABIT[p.family](p.question, numbers(p.question)), p.question
-                assert p.habit is None or tasks.run_plan(p.habit)  # the habit runs through the tools too
+                assert (tasks.run_plan(p.plan)[1] == p.answer
+                        or (condition == "wrong" and p.family == "packing"))
+                assert (float(p.answer)
+                        == HAND_HABIT[p.family](p.question, numbers(p.question))), p.question
+                # the habit runs through the tools too
+                assert p.habit is None or tasks.run_plan(p.habit)
 
 
 def test_habit_splits_are_disjoint_and_reproducible(conditions):
@@ -303,7 +314,8 @@ def test_habit_splits_are_disjoint_and_reproducible(conditions):
         assert len(questions) == len(set(questions)), condition
         again = tasks.benchmark(condition, n_train=600, n_test=90, seed=0)
         assert [p.question for p in again["train"]] == [p.question for p in splits["train"]]
-        assert [(p.plan, p.demo) for p in again["train"]] == [(p.plan, p.demo) for p in splits["train"]]
+        assert ([(p.plan, p.demo) for p in again["train"]]
+                == [(p.plan, p.demo) for p in splits["train"]])
     assert {p.family for p in conditions["hidden"]["test_ood"]} == set(tasks.HABIT_OOD)
     # at least one OOD family takes more calls than any family the student trains on
     calls = lambda problems: max(sum(len(turn) for turn in p.plan) for p in problems)  # noqa: E731
@@ -341,13 +353,16 @@ def test_the_demonstrator_follows_its_habit_on_about_two_thirds(conditions):
 def test_the_wrong_teacher_is_wrong_on_a_fifth_of_packing_only_in_training(conditions):
     wrong = conditions["wrong"]
     packing = [p for p in wrong["train"] if p.family == "packing"]
-    changed = [p for p in packing if p.plan[1][0][0] != HAND_TOOL[next(w for w in HAND_TOOL if w in p.question)]]
+    changed = [p for p in packing
+               if p.plan[1][0][0] != HAND_TOOL[next(w for w in HAND_TOOL if w in p.question)]]
     assert abs(len(changed) / len(packing) - tasks.WRONG_RATE) < 0.06
     for p in changed:  # a wrong rounding tool, and the demonstrator still writes its own plan
         assert p.plan[1][0][0] in tasks.CONTAINERS.values() and p.demo is not None
-    right = lambda p: p.plan[1][0][0] == HAND_TOOL[next(w for w in HAND_TOOL if w in p.question)]  # noqa: E731
+    right = lambda p: (  # noqa: E731
+        p.plan[1][0][0] == HAND_TOOL[next(w for w in HAND_TOOL if w in p.question)])
     assert all(right(p) for p in wrong["test_id"] if p.family == "packing")
-    assert [p.question for p in wrong["test_ood"]] == [p.question for p in conditions["hidden"]["test_ood"]]
+    assert ([p.question for p in wrong["test_ood"]]
+            == [p.question for p in conditions["hidden"]["test_ood"]])
 
 
 HAND_TOOL = {"full": "floor", "needed": "ceil", "nearest": "round_number"}

@@ -23,9 +23,10 @@ def bench():
 def cli(tmp_path_factory):
     """Both command-line runs, started together so their imports overlap."""
     out = tmp_path_factory.mktemp("cli")
-    good = subprocess.Popen([sys.executable, "teacher.py", "--out", str(out), "--n-train", "50"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    bad = subprocess.Popen([sys.executable, "teacher.py", "--out", str(out / "bad"), "--n-train", "0"], cwd=ROOT,
+    good = subprocess.Popen([sys.executable, "teacher.py", "--out", str(out), "--n-train", "50"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    bad = subprocess.Popen([sys.executable, "teacher.py", "--out", str(out / "bad"),
+                            "--n-train", "0"], cwd=ROOT,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     results = {}
     for name, proc in (("good", good), ("bad", bad)):
@@ -49,7 +50,8 @@ def test_trajectory_shape():
     assert messages[2] == {"role": "assistant", "content": "", "tool_calls": [
         {"type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 3}}}]}
     assert messages[3] == {"role": "tool", "name": "add", "content": "5"}
-    assert messages[4]["tool_calls"][0]["function"] == {"name": "multiply", "arguments": {"a": 5, "b": 4}}
+    assert messages[4]["tool_calls"][0]["function"] == {"name": "multiply",
+                                                        "arguments": {"a": 5, "b": 4}}
     assert messages[5] == {"role": "tool", "name": "multiply", "content": "20"}
     assert messages[6] == {"role": "assistant", "content": "\\boxed{20}"}
     assert len(messages) == 7
@@ -98,11 +100,13 @@ def test_write_scripted_is_reproducible(tmp_path):
     first = json.loads(lines[0])
     assert set(first) == {"id", "question", "answer", "split", "family", "teacher"}
     assert first["id"] == "train-0" and first["split"] == "train"
-    assert first["teacher"]["tools"] == [c["name"] for c in files.tool_calls(first["teacher"]["messages"])]
+    assert first["teacher"]["tools"] == [c["name"]
+                                         for c in files.tool_calls(first["teacher"]["messages"])]
     assert teacher.replay(first["teacher"]["messages"]) == first["answer"]
 
     teacher.write_scripted(str(tmp_path / "c"), "none", 30, 6)
-    assert (tmp_path / "a" / "train.jsonl").read_bytes() != (tmp_path / "c" / "train.jsonl").read_bytes()
+    assert ((tmp_path / "a" / "train.jsonl").read_bytes()
+            != (tmp_path / "c" / "train.jsonl").read_bytes())
 
 
 def test_ensure_data_writes_only_when_missing(tmp_path):
@@ -138,7 +142,8 @@ def test_ensure_data_on_a_file_is_a_data_error(tmp_path):
 def test_llm_teacher_rolls_out_in_batches_and_keeps_only_what_replays(monkeypatch):
     import model
 
-    problems = [tasks.Problem(f"train-{i}", f"What is 2 + 3, case {i}?", "5", "train", "add_more", [])
+    problems = [tasks.Problem(f"train-{i}", f"What is 2 + 3, case {i}?", "5", "train",
+                              "add_more", [])
                 for i in range(5)]
     call = {"type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 3}}}
     # The rollout drops the invalid add{"a": 2} from tool_calls but keeps its reply: the
@@ -158,7 +163,8 @@ def test_llm_teacher_rolls_out_in_batches_and_keeps_only_what_replays(monkeypatc
 
     def fake_rollout(policy, tokenizer, prompts, tools, n, seed, temperature):
         sizes.append(len(prompts))
-        return [SimpleNamespace(finished=True, messages=m) for _ in prompts for m in [unpaired, faithful][:n]]
+        return [SimpleNamespace(finished=True, messages=m)
+                for _ in prompts for m in [unpaired, faithful][:n]]
 
     monkeypatch.setattr(model, "load", fake_load)
     monkeypatch.setattr(model, "rollout", fake_rollout)
@@ -166,7 +172,8 @@ def test_llm_teacher_rolls_out_in_batches_and_keeps_only_what_replays(monkeypatc
     assert loads == [("some/model", "cuda:1")]
     assert sizes == [2, 2, 1]
     assert [r["id"] for r in kept] == [p.id for p in problems]
-    assert all(r["teacher"]["messages"] == tasks.prompt(p.question) + faithful for r, p in zip(kept, problems))
+    assert all(r["teacher"]["messages"] == tasks.prompt(p.question) + faithful
+               for r, p in zip(kept, problems))
     # with one try each, only the unpaired trajectory is offered: nothing is kept
     assert teacher.llm_records("some/model", problems, samples=1, seed=0, batch=64) == []
 
@@ -193,12 +200,14 @@ def test_command_line_llm_teacher_device_and_model_error(monkeypatch, tmp_path):
         raise model.ModelError(f"'{name}' is neither a folder nor a model the hub can serve here")
 
     monkeypatch.setattr(model, "load", failing_load)
-    for flags, device in (([], "cuda" if torch.cuda.is_available() else "cpu"), (["--device", "cpu"], "cpu")):
-        monkeypatch.setattr(sys, "argv", ["teacher.py", "--model", "no/such/model", "--out", str(tmp_path / "out"),
-                                          "--n-train", "1", *flags])
+    for flags, device in (([], "cuda" if torch.cuda.is_available() else "cpu"),
+                          (["--device", "cpu"], "cpu")):
+        monkeypatch.setattr(sys, "argv", ["teacher.py", "--model", "no/such/model", "--out",
+                                          str(tmp_path / "out"), "--n-train", "1", *flags])
         with pytest.raises(SystemExit) as e:
             teacher.main()
-        assert e.value.code == "error: 'no/such/model' is neither a folder nor a model the hub can serve here"
+        assert e.value.code == ("error: 'no/such/model' is neither a folder nor a model the hub "
+                                "can serve here")
         assert loads.pop() == ("no/such/model", device)
     assert not (tmp_path / "out").exists()
 
@@ -229,7 +238,8 @@ def test_command_line_writes_the_data(cli):
     assert len(records) == 50
     # where the habit applies, the record says what it does; where the demonstrator followed it, how
     habit = [r for r in records if "habit" in r]
-    assert habit and all(r["habit"]["answer"] == r["answer"] for r in habit)  # hidden: right by luck
+    # hidden: right by luck
+    assert habit and all(r["habit"]["answer"] == r["answer"] for r in habit)
     assert all(teacher.replay(r["demo"]["messages"]) == r["answer"] for r in records if "demo" in r)
 
 

@@ -107,14 +107,16 @@ def test_adding_a_tool_is_one_decorated_function():
         tools.TOOLS.pop("triple", None)
         tools.SCHEMAS.pop("triple", None)
     assert list(tools.TOOLS) == TWELVE and len(tools.schemas()) == 12
-    assert tools.call_tool({"name": "triple", "arguments": {"x": 2}}).startswith("error: unknown tool")
+    assert tools.call_tool({"name": "triple",
+                            "arguments": {"x": 2}}).startswith("error: unknown tool")
 
 
 # ------------------------------------------------------------------------------ parsing
 
 def test_qwen_hermes_style_with_newlines():
     text = '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>'
-    assert tools.parse_tool_calls(text) == [{"name": "add", "arguments": {"a": 1, "b": 2}, "error": None}]
+    assert tools.parse_tool_calls(text) == [{"name": "add", "arguments": {"a": 1, "b": 2},
+                                             "error": None}]
     assert tools.call_tool(tools.parse_tool_calls(text)[0]) == "3"
 
 
@@ -164,15 +166,19 @@ def test_parameters_key_is_accepted():
     ('{"name": "add", "arguments": [1, 2]}', "arguments must be a JSON object"),
     ('{"name": "add", "arguments": null}', "arguments must be a JSON object"),
     ('{"name": "sum_numbers", "arguments": {"numbers": 5}}', "argument 'numbers' must be a list"),
-    ('{"name": "sum_numbers", "arguments": {"numbers": [1, "2"]}}', "argument 'numbers' must hold only numbers"),
-    ('{"name": "round_number", "arguments": {"x": 1.5, "digits": 1.5}}', "argument 'digits' must be an integer"),
+    ('{"name": "sum_numbers", "arguments": {"numbers": [1, "2"]}}',
+     "argument 'numbers' must hold only numbers"),
+    ('{"name": "round_number", "arguments": {"x": 1.5, "digits": 1.5}}',
+     "argument 'digits' must be an integer"),
     ('{"name": "add", "arguments": {"a": true, "b": 2}}', "argument 'a' must be a number"),
     ('{"name": "add", "arguments": {"a": NaN, "b": 2}}', "argument 'a' must be a number"),
     ('{"name": "add", "arguments": {"a": Infinity, "b": 2}}', "argument 'a' must be a number"),
     ('{"name": "add", "arguments": {"a": -Infinity, "b": 2}}', "argument 'a' must be a number"),
     ('{"name": "add", "arguments": {"a": 1e400, "b": 2}}', "argument 'a' must be a number"),
-    ('{"name": "add", "arguments": {"a": 1' + "0" * 400 + ', "b": 2}}', "argument 'a' must be a number"),
-    pytest.param("[" * 1500 + "]" * 1500, "tool call is not a JSON object", id="deep-nesting"),  # RecursionError
+    ('{"name": "add", "arguments": {"a": 1' + "0" * 400 + ', "b": 2}}',
+     "argument 'a' must be a number"),
+    # RecursionError
+    pytest.param("[" * 1500 + "]" * 1500, "tool call is not a JSON object", id="deep-nesting"),
 ])
 def test_bad_calls_give_an_error_never_an_exception(body, error_start):
     calls = tools.parse_tool_calls(f"text <tool_call>\n{body}\n</tool_call> more")
@@ -190,7 +196,8 @@ def test_a_name_that_is_not_a_string_is_dropped():
 
 def test_unclosed_tag_at_the_end():
     good = tc({"name": "add", "arguments": {"a": 1, "b": 2}})
-    calls = tools.parse_tool_calls(good + '\n<tool_call>\n{"name": "multiply", "arguments": {"a": 2')
+    calls = tools.parse_tool_calls(good + '\n<tool_call>\n{"name": "multiply", '
+                                          '"arguments": {"a": 2')
     assert [c["error"] for c in calls] == [None, "unclosed <tool_call>"]
     # a complete JSON body whose tag never closes is not run either (generation was cut)
     calls = tools.parse_tool_calls('<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}\n')
@@ -206,7 +213,8 @@ def test_an_unclosed_call_does_not_swallow_the_next_turns_call():
     joined = tools.parse_tool_calls("\n".join(turns))
     assert joined == [{"name": None, "arguments": {}, "error": "unclosed <tool_call>"},
                       {"name": "add", "arguments": {"a": 2, "b": 3}, "error": None}]
-    assert joined == [c for turn in turns for c in tools.parse_tool_calls(turn)]  # as the rollout saw them
+    # as the rollout saw them
+    assert joined == [c for turn in turns for c in tools.parse_tool_calls(turn)]
     # the same inside one turn, and a run of unclosed tags is one unclosed call each
     assert [c["error"] for c in tools.parse_tool_calls("<tool_call>{<tool_call><tool_call>")] == \
            ["unclosed <tool_call>"] * 3
@@ -228,8 +236,9 @@ def test_huge_body_is_refused_quickly():
 def test_fuzz_garbage_and_truncations_never_raise():
     rng = random.Random(1234)
     valid = "".join(tc({"name": n, "arguments": a}) for n, a in GOOD_ARGS.items())
-    alphabet = list('{}[]":,<>/\\ \n0123456789.-eEaNtrufl') + ["<tool_call>", "</tool_call>", "null",
-                                                                  "NaN", "Infinity", '"name"', '"arguments"']
+    alphabet = list('{}[]":,<>/\\ \n0123456789.-eEaNtrufl') + ["<tool_call>", "</tool_call>",
+                                                                  "null", "NaN", "Infinity",
+                                                                  '"name"', '"arguments"']
     texts = [valid[:i] for i in range(0, len(valid), 7)]  # every truncation point (step 7)
     for _ in range(300):
         texts.append("".join(rng.choice(alphabet) for _ in range(rng.randint(0, 80))))
@@ -322,9 +331,12 @@ def test_inputs_above_max_abs_and_non_numbers_are_rejected():
                  {"a": None, "b": 1}, {"a": "1", "b": 1}, {"a": [1], "b": 1}]:
         result = tools.call_tool({"name": "add", "arguments": args})
         assert result.startswith("error: argument 'a' must be a number"), args
-    assert run("sum_numbers", numbers=[1, True]) == "error: argument 'numbers' must hold only numbers"
-    assert run("sum_numbers", numbers=[1, 2e15]) == "error: argument 'numbers' must hold only numbers"
-    assert run("round_number", x=1.5, digits=True).startswith("error: argument 'digits' must be an integer")
+    assert (run("sum_numbers", numbers=[1, True])
+            == "error: argument 'numbers' must hold only numbers")
+    assert (run("sum_numbers", numbers=[1, 2e15])
+            == "error: argument 'numbers' must hold only numbers")
+    assert run("round_number", x=1.5, digits=True).startswith(
+        "error: argument 'digits' must be an integer")
     assert run("round_number", x=1.5, digits=10 ** 6) == "error: digits must be between 0 and 10"
 
 
@@ -358,7 +370,8 @@ def test_call_tool_never_raises_on_odd_calls():
                  {"name": "add", "arguments": {"a": 1, "b": 2}, "error": "bad JSON"}]:
         assert tools.call_tool(call).startswith("error: ")
     # a parsed call carrying an error is never run, even if its name and arguments look fine
-    assert tools.call_tool({"name": "add", "arguments": {"a": 1, "b": 2}, "error": "bad JSON"}) == "error: bad JSON"
+    assert tools.call_tool({"name": "add", "arguments": {"a": 1, "b": 2},
+                            "error": "bad JSON"}) == "error: bad JSON"
 
 
 def test_format_number():
