@@ -38,24 +38,31 @@ import teacher
 import tools
 
 METHODS = {  # name -> the reward mode of its GRPO run (None: SFT on the teacher's trajectories)
-    "sft-matched": None, "sft-all": None, "sparse": "sparse", "strict": "strict", "mentor": "mentor",
+    "sft-matched": None, "sft-all": None,
+    "sparse": "sparse", "strict": "strict", "mentor": "mentor",
 }
 SFT_LR = sft.SETTINGS["lr"][0] / 3  # SFT from a warm start: a third of the from-scratch rate
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (sys.argv when `argv` is None); bad values exit through ap.error."""
-    ap = argparse.ArgumentParser(description="SFT vs sparse, strict and MENTOR GRPO, per condition, over seeds.")
-    ap.add_argument("--conditions", nargs="+", default=list(tasks.CONDITIONS), choices=tasks.CONDITIONS)
+    ap = argparse.ArgumentParser(
+        description="SFT vs sparse, strict and MENTOR GRPO, per condition, over seeds.")
+    ap.add_argument("--conditions", nargs="+", default=list(tasks.CONDITIONS),
+                    choices=tasks.CONDITIONS)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS) + list(reward.MODES))
+    ap.add_argument("--methods", nargs="+", default=list(METHODS),
+                    choices=list(METHODS) + list(reward.MODES))
     ap.add_argument("--out", default="runs/compare")
     ap.add_argument("--rl-steps", type=int, default=40, help="GRPO steps (and sft-matched steps)")
-    ap.add_argument("--sft-steps", type=int, default=300, help="sft-all: SFT steps of 32 on all teacher data")
+    ap.add_argument("--sft-steps", type=int, default=300,
+                    help="sft-all: SFT steps of 32 on all teacher data")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--jobs", type=int, default=1,
-                    help="runs trained at once, one CPU thread each (a tiny model gains little from more threads)")
-    ap.add_argument("--gate", action="store_true", help="only the gate: sample the hidden condition's warm start")
+                    help="runs trained at once, one CPU thread each "
+                         "(a tiny model gains little from more threads)")
+    ap.add_argument("--gate", action="store_true",
+                    help="only the gate: sample the hidden condition's warm start")
     ap.add_argument("--gate-problems", type=int, default=200)
     args = ap.parse_args(argv)
     if min(args.seeds, args.rl_steps, args.sft_steps, args.jobs, args.gate_problems) < 1:
@@ -70,18 +77,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def warm_args(condition: str, seed: int, args: argparse.Namespace) -> argparse.Namespace:
     """The sft.py settings of one condition's and seed's warm start (rl.py's)."""
-    return sft.parse_args(args.warm_start + ["--condition", condition, "--seed", str(seed), "--device", args.device,
-                                             "--out", os.path.join(args.out, condition, f"warm-s{seed}")])
+    out = os.path.join(args.out, condition, f"warm-s{seed}")
+    return sft.parse_args(args.warm_start + ["--condition", condition, "--seed", str(seed),
+                                             "--device", args.device, "--out", out])
 
 
-def method_args(condition: str, method: str, seed: int, warm: str, args: argparse.Namespace) -> argparse.Namespace:
+def method_args(condition: str, method: str, seed: int, warm: str,
+                args: argparse.Namespace) -> argparse.Namespace:
     """The settings of one method's run from the warm start `warm`: sft.py's or rl.py's."""
-    common = ["--condition", condition, "--device", args.device, "--seed", str(seed), "--eval-every", "0",
+    common = ["--condition", condition, "--device", args.device, "--seed", str(seed),
+              "--eval-every", "0",
               "--out", os.path.join(args.out, condition, f"{method}-s{seed}")]
     if method == "sft-all":
-        return sft.parse_args(common + ["--model", warm, "--steps", str(args.sft_steps), "--batch-size", "32",
+        return sft.parse_args(common + ["--model", warm, "--steps", str(args.sft_steps),
+                                        "--batch-size", "32",
                                         "--lr", str(SFT_LR), "--warmup", "50"])
-    if method == "sft-matched":  # the same problems, in the same order, as the GRPO runs of this seed
+    if method == "sft-matched":  # the same problems, in the same order, as this seed's GRPO runs
         grpo = rl.parse_args([])  # the tiny GRPO run's problems per step and warm-up
         return sft.parse_args(common + ["--model", warm, "--matched", "--steps", str(args.rl_steps),
                                         "--batch-size", str(grpo.prompts), "--lr", str(SFT_LR),
@@ -103,8 +114,8 @@ def run_method(condition: str, method: str, seed: int, warm: str, args: argparse
     return run.out
 
 
-def run_all(warm_start: Callable, method: Callable, pairs: list[tuple[str, int]], methods: list[str],
-            workers: int) -> tuple[dict, dict]:
+def run_all(warm_start: Callable, method: Callable, pairs: list[tuple[str, int]],
+            methods: list[str], workers: int) -> tuple[dict, dict]:
     """warm_start(condition, seed) for every pair, and method(condition, name, seed, its warm
     start's result) for every method of each: here, or in `workers` processes at once, where a
     pair's methods are queued as soon as its warm start is done, in the order of `methods` (the
@@ -143,7 +154,8 @@ def gate_stats(records: list[dict], rollouts: list, group: int) -> dict:
                for i in habit for j in range(group)]
     return {"problems": len(records), "habit_problems": len(habit),
             "teacher_tools_share": sum(samples) / max(1, len(samples)),
-            "outcome_agrees": sum(tasks.is_correct(records[i]["habit"]["answer"], records[i]["answer"])
+            "outcome_agrees": sum(tasks.is_correct(records[i]["habit"]["answer"],
+                                                   records[i]["answer"])
                                   for i in habit) / max(1, len(habit)),
             "spread": spread}
 
@@ -168,8 +180,9 @@ def gate(args: argparse.Namespace) -> dict:
     rollouts = []
     with torch.no_grad():
         for i in range(0, len(records), 50):
-            rollouts += student.rollout(policy, tokenizer, [tasks.prompt(r["question"]) for r in records[i:i + 50]],
-                                        tools.schemas(), n=settings.group, max_tokens=settings.max_tokens,
+            prompts = [tasks.prompt(r["question"]) for r in records[i:i + 50]]
+            rollouts += student.rollout(policy, tokenizer, prompts, tools.schemas(),
+                                        n=settings.group, max_tokens=settings.max_tokens,
                                         temperature=settings.temperature, seed=i)
     stats = gate_stats(records, rollouts, settings.group)
     stats["passed"] = gate_passes(stats)
@@ -184,13 +197,15 @@ def summary(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {spread:.3f}"
 
 
-COLUMNS = [("ID", "accuracy", "ID acc"), ("OOD", "accuracy", "OOD acc"), ("OOD", "same_tools", "OOD same tools")]
+COLUMNS = [("ID", "accuracy", "ID acc"), ("OOD", "accuracy", "OOD acc"),
+           ("OOD", "same_tools", "OOD same tools")]
 
 
 def report(runs: dict[str, dict[str, list[str]]]) -> tuple[dict, str]:
     """Per condition and method, the final evaluations of its runs (one per seed): the
     columns of COLUMNS and per-family accuracy, each a list over seeds; and the text table."""
-    results, lines = {}, [f"{'condition':<10}{'method':<13}" + "".join(f"{t:>18}" for *_, t in COLUMNS)]
+    header = f"{'condition':<10}{'method':<13}" + "".join(f"{t:>18}" for *_, t in COLUMNS)
+    results, lines = {}, [header]
     for condition, methods in runs.items():
         results[condition] = {}
         for method, folders in methods.items():
@@ -198,7 +213,8 @@ def report(runs: dict[str, dict[str, list[str]]]) -> tuple[dict, str]:
             for folder in folders:
                 with open(os.path.join(folder, "eval.json")) as f:
                     evals.append(json.load(f))
-            row = {f"{split}_{key}": [e[split].get(key, float("nan")) for e in evals] for split, key, _ in COLUMNS}
+            row = {f"{split}_{key}": [e[split].get(key, float("nan")) for e in evals]
+                   for split, key, _ in COLUMNS}
             row["by_family"] = {f: [e[s]["by_family"][f] for e in evals] for s in ("ID", "OOD")
                                 for f in evals[0][s]["by_family"]}
             results[condition][method] = row
@@ -211,7 +227,8 @@ def curves(runs: dict[str, dict[str, list[str]]], path: str) -> None:
     """plot.py's panels, a row per condition, a line per GRPO method (the mean of its seeds'
     runs, `runs`: condition -> method -> run folders), to the image `path`."""
     rows = {condition: {method: plot.mean([plot.series(folder) for folder in folders])
-                        for method, folders in methods.items() if METHODS.get(method, method) in reward.MODES}
+                        for method, folders in methods.items()
+                        if METHODS.get(method, method) in reward.MODES}
             for condition, methods in runs.items()}  # the warm start and SFT have no rollouts
     try:
         plot.draw(rows, path)
@@ -228,29 +245,33 @@ def main() -> None:
         if args.gate:
             stats = gate(args)
             print(json.dumps(stats, indent=1))
-            print(f"gate {'passed' if stats['passed'] else 'FAILED'} ({(time.time() - t0) / 60:.1f} min)")
+            verdict = "passed" if stats["passed"] else "FAILED"
+            print(f"gate {verdict} ({(time.time() - t0) / 60:.1f} min)")
             return
         seeds = range(args.seeds)
         for condition in args.conditions:
             teacher.ensure_data(os.path.join("data", condition), condition)
             # Refuse a folder of other settings now, not after hours of training the runs before it.
             for seed in seeds:
-                warm = warm_args(condition, seed, args)
-                files.finished_run(warm)
+                first, redraw = rl.warm_draws(warm_args(condition, seed, args))
+                start = redraw.out if files.finished_run(redraw) else first.out
+                files.finished_run(first)
                 for method in args.methods:
-                    files.finished_run(method_args(condition, method, seed, warm.out, args))
+                    files.finished_run(method_args(condition, method, seed, start, args))
         # Every method of a seed starts from that seed's warm start; GRPO runs take longest.
         pairs = [(c, seed) for c in args.conditions for seed in seeds]
         longest_first = sorted(args.methods, key=lambda m: METHODS.get(m, m) is None)
-        warms, folders = run_all(partial(run_warm, args=args), partial(run_method, args=args), pairs, longest_first,
-                                 args.jobs)
+        warms, folders = run_all(partial(run_warm, args=args), partial(run_method, args=args),
+                                 pairs, longest_first, args.jobs)
     except (files.DataError, student.ModelError) as e:
         sys.exit(f"error: {e}")
-    runs = {c: {"warm": [warms[c, s] for s in seeds], **{m: [folders[c, m, s] for s in seeds] for m in args.methods}}
+    runs = {c: {"warm": [warms[c, s] for s in seeds],
+                **{m: [folders[c, m, s] for s in seeds] for m in args.methods}}
             for c in args.conditions}
     results, table = report(runs)
     minutes = (time.time() - t0) / 60
-    files.write_json(os.path.join(args.out, "results.json"), {"seeds": args.seeds, "minutes": minutes, **results})
+    files.write_json(os.path.join(args.out, "results.json"),
+                     {"seeds": args.seeds, "minutes": minutes, **results})
     print(f"{args.seeds} seeds, mean ± std, {minutes:.1f} min\n{table}")
     curves(runs, os.path.join(args.out, "curves.png"))
 

@@ -66,9 +66,10 @@ SETTINGS = {
 # which plays the pretrained student (it knows the format and has habits to unlearn).
 WARM_START = ["--traces", "demo", "--limit", "400", "--steps", "350", "--eval-every", "0"]
 # A pretrained student already solves most problems of its kind: the warm start must solve
-# this share of 100 training problems it never trained on (greedy), or it is trained again
-# with twice the steps. Measured on training problems, never on a test split.
+# this share of 100 training problems it never trained on (greedy), or it is drawn again
+# (another order of its data). Measured on training problems, never on a test split.
 WARM_GATE = 0.6
+REDRAW = 1000  # the second draw's SFT seed: the run's seed + REDRAW
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -250,28 +251,35 @@ def warm_start(args: argparse.Namespace) -> str:
     if args.init or args.model:
         return args.init or args.model
     name = os.path.basename(os.path.normpath(args.data)) + (f"-s{args.seed}" if args.seed else "")
-    return make_warm_start(sft.parse_args(WARM_START + ["--out", f"runs/warm-{name}", "--condition",
-                                                        args.condition, "--data", args.data,
-                                                        "--seed", str(args.seed), "--device", args.device]))
+    warm = sft.parse_args(WARM_START + ["--out", f"runs/warm-{name}", "--condition", args.condition,
+                                       "--data", args.data, "--seed", str(args.seed),
+                                       "--device", args.device])
+    return make_warm_start(warm)
+
+
+def warm_draws(warm: argparse.Namespace) -> list[argparse.Namespace]:
+    """The warm start `warm` (sft.py's flags) and its second draw: the same SFT from scratch
+    with the data in another order (seed + REDRAW), into `warm.out`-redraw."""
+    return [warm, argparse.Namespace(**{**vars(warm), "seed": warm.seed + REDRAW,
+                                        "out": warm.out + "-redraw"})]
 
 
 def make_warm_start(warm: argparse.Namespace) -> str:
     """Train the warm start `warm` (sft.py's flags) unless it is already there, and hold it to
-    WARM_GATE; one that misses it is trained again from scratch with twice the steps, into
-    `warm.out`-x2. Returns the folder of the first that passes; raises files.DataError when
-    neither does."""
-    longer = argparse.Namespace(**{**vars(warm), "steps": 2 * warm.steps, "out": warm.out + "-x2"})
-    for run in (warm, longer):
+    WARM_GATE; one that misses it is drawn again (warm_draws). Returns the folder of the first
+    draw that passes; raises files.DataError when neither does."""
+    draws = warm_draws(warm)
+    for run in draws:
         if not files.finished_run(run):
-            print(f"rl: training the warm start {run.out} ({run.steps} SFT steps)")
+            print(f"rl: training the warm start {run.out} ({run.steps} SFT steps, seed {run.seed})")
             sft.train(run)
         solved = warm_accuracy(run)
         if solved >= WARM_GATE:
             return run.out
         print(f"rl: the warm start {run.out} solves {solved:.0%} of 100 training problems it "
               f"never saw, below {WARM_GATE:.0%}")
-    raise files.DataError(f"{warm.out}: no warm start reaches {WARM_GATE:.0%}, even with "
-                          f"{longer.steps} steps; try another --seed")
+    raise files.DataError(f"{warm.out}: no warm start reaches {WARM_GATE:.0%}, with seed "
+                          f"{warm.seed} or {draws[1].seed}; try another --seed")
 
 
 def warm_accuracy(warm: argparse.Namespace) -> float:
