@@ -481,7 +481,8 @@ def train(args: argparse.Namespace) -> dict:
                         if line.endswith("\n") and json.loads(line)["step"] <= start]
             files.write_atomic(metrics, "".join(rows))
     os.makedirs(args.out, exist_ok=True)
-    files.write_json(os.path.join(args.out, "args.json"), vars(args))
+    # the folder it started from, resolved (the tiny warm start's): where plot.py finds step 0
+    files.write_json(os.path.join(args.out, "args.json"), {**vars(args), "init": init})
     log = open(metrics, "a" if state else "w")
     before = before or starting_eval(init, policy, tokenizer, splits, args)
 
