@@ -8,11 +8,13 @@ trajectories versus GRPO with the sparse, strict and MENTOR rewards.
 Methods: sft-matched (the teacher's trajectories of the very problems GRPO samples, as many
 as it samples), sft-all (all teacher data, 300 steps of 32), and GRPO with each reward (40
 steps of 16 problems x 8 samples).
-Prints, per condition, ID and OOD accuracy and the share of OOD answers that use exactly the
-teacher's tools, mean and spread over seeds, and writes runs/compare/results.json (with
-per-family accuracy) and curves.png (matplotlib, if installed). Finished runs are reused, so
-a rerun only does what is missing; a finished run of other settings stops the comparison
-with an error instead of being reported as if it were this one.
+Prints, per condition, ID and OOD accuracy, the share of OOD answers that use exactly the
+teacher's tools, and OOD accuracy minus sparse GRPO's seed by seed, mean and spread over
+seeds, and writes runs/compare/results.json (with per-family accuracy) and curves.png
+(matplotlib, if installed). Each seed's warm start must pass rl.WARM_GATE (else it is drawn
+again) before any method starts from it. Finished runs are reused, so a rerun only does
+what is missing; a finished run of other settings stops the comparison with an error instead
+of being reported as if it were this one.
 """
 import argparse
 import json
@@ -203,24 +205,36 @@ COLUMNS = [("ID", "accuracy", "ID acc"), ("OOD", "accuracy", "OOD acc"),
 
 def report(runs: dict[str, dict[str, list[str]]]) -> tuple[dict, str]:
     """Per condition and method, the final evaluations of its runs (one per seed): the
-    columns of COLUMNS and per-family accuracy, each a list over seeds; and the text table."""
+    columns of COLUMNS and per-family accuracy, each a list over seeds; where sparse GRPO ran,
+    also OOD accuracy minus sparse's, seed by seed (paired: a seed's methods share its warm
+    start, and warm starts differ more than methods do); and the text table."""
     header = f"{'condition':<10}{'method':<13}" + "".join(f"{t:>18}" for *_, t in COLUMNS)
-    results, lines = {}, [header]
+    results, lines = {}, [header + f"{'OOD - sparse':>18}"]
     for condition, methods in runs.items():
-        results[condition] = {}
-        for method, folders in methods.items():
-            evals = []
-            for folder in folders:
-                with open(os.path.join(folder, "eval.json")) as f:
-                    evals.append(json.load(f))
-            row = {f"{split}_{key}": [e[split].get(key, float("nan")) for e in evals]
-                   for split, key, _ in COLUMNS}
-            row["by_family"] = {f: [e[s]["by_family"][f] for e in evals] for s in ("ID", "OOD")
-                                for f in evals[0][s]["by_family"]}
-            results[condition][method] = row
-            lines.append(f"{condition:<10}{method:<13}" + "".join(f"{summary(row[f'{s}_{k}']):>18}"
-                                                                  for s, k, _ in COLUMNS))
+        results[condition] = {method: scores(folders) for method, folders in methods.items()}
+        sparse = results[condition].get("sparse", {}).get("OOD_accuracy")
+        for method, row in results[condition].items():
+            paired = ""
+            if sparse:
+                row["OOD_minus_sparse"] = [a - b for a, b in zip(row["OOD_accuracy"], sparse)]
+                paired = summary(row["OOD_minus_sparse"])
+            lines.append(f"{condition:<10}{method:<13}" + "".join(
+                f"{summary(row[f'{s}_{k}']):>18}" for s, k, _ in COLUMNS) + f"{paired:>18}")
     return results, "\n".join(lines)
+
+
+def scores(folders: list[str]) -> dict:
+    """The final evaluations of one method's runs (a folder per seed): the columns of COLUMNS
+    and per-family accuracy, each a list over seeds."""
+    evals = []
+    for folder in folders:
+        with open(os.path.join(folder, "eval.json")) as f:
+            evals.append(json.load(f))
+    row = {f"{split}_{key}": [e[split].get(key, float("nan")) for e in evals]
+           for split, key, _ in COLUMNS}
+    row["by_family"] = {f: [e[s]["by_family"][f] for e in evals] for s in ("ID", "OOD")
+                        for f in evals[0][s]["by_family"]}
+    return row
 
 
 def curves(runs: dict[str, dict[str, list[str]]], path: str) -> None:

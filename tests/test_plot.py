@@ -11,7 +11,8 @@ import plot
 
 def write_eval(folder, ood):
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "eval.json").write_text(json.dumps({"ID": {"accuracy": 0.9}, "OOD": {"accuracy": ood}}))
+    (folder / "eval.json").write_text(json.dumps({"ID": {"accuracy": 0.9},
+                                                  "OOD": {"accuracy": ood}}))
 
 
 def fake_run(path, rewards, habit=True, start=None, ood=None):

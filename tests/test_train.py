@@ -38,8 +38,8 @@ def workdir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def warm(workdir):
     """A short SFT run: the warm start of the RL tests."""
-    sft.train(sft.parse_args(["--limit", "64", "--steps", "40", "--batch-size", "16", "--eval-every", "0",
-                              "--out", "runs/warm"]))
+    sft.train(sft.parse_args(["--limit", "64", "--steps", "40", "--batch-size", "16",
+                              "--eval-every", "0", "--out", "runs/warm"]))
     return "runs/warm"
 
 
@@ -62,7 +62,8 @@ def test_sft_lowers_the_loss_and_writes_a_run(warm):
 def test_sft_trains_only_the_assistant_tokens(warm):
     policy, tok = model.load(warm)
     record = files.load_records("data/hidden/train.jsonl")[0]
-    ids, mask = sft.batch([model.encode(tok, record["teacher"]["messages"], tools.schemas())], tok.pad_token_id, "cpu")
+    ids, mask = sft.batch([model.encode(tok, record["teacher"]["messages"], tools.schemas())],
+                          tok.pad_token_id, "cpu")
     trained = tok.decode(ids[0][mask[0] == 1])
     assert "<tool_call>" in trained and "\\boxed{" + record["answer"] + "}" in trained
     assert record["question"] not in trained and tasks.SYSTEM_PROMPT not in trained
@@ -120,38 +121,45 @@ def test_grpo_steps_raise_the_mean_reward_on_a_toy_problem(warm):
     assert sum(history[-4:]) / 4 > sum(history[:4]) / 4 + 0.15
 
 
-RL_FLAGS = ["--init", "runs/warm", "--prompts", "2", "--group", "4", "--max-tokens", "96", "--minibatch", "1",
-            "--eval-every", "0", "--save-every", "1", "--out", "runs/rl"]
+RL_FLAGS = ["--init", "runs/warm", "--prompts", "2", "--group", "4", "--max-tokens", "96",
+            "--minibatch", "1", "--eval-every", "0", "--save-every", "1", "--out", "runs/rl"]
 
 
 def test_rl_runs_logs_saves_and_resumes_as_if_never_stopped(warm):
     rl.train(rl.parse_args(RL_FLAGS + ["--steps", "2"]))
     first = read_log("runs/rl/metrics.jsonl")
     assert [row["step"] for row in first] == [1, 2]
-    for key in ("reward", "reward_std", "correct", "tool_match", "zero_var_groups", "calls", "invalid_call_rate",
-                "kl", "entropy", "clip_frac", "grad_norm", "logprob_gap", "response_tokens", "finished", "step_time",
-                "tokens_per_s"):
+    for key in ("reward", "reward_std", "correct", "tool_match", "zero_var_groups", "calls",
+                "invalid_call_rate", "kl", "entropy", "clip_frac", "grad_norm", "logprob_gap",
+                "response_tokens", "finished", "step_time", "tokens_per_s"):
         assert key in first[0]
     assert 0 <= first[0]["zero_var_groups"] <= 1 and first[0]["response_tokens"] > 0
     args = rl.parse_args(RL_FLAGS + ["--steps", "2"])
-    assert [row["lr"] for row in first] == pytest.approx([args.lr / 10, args.lr * 2 / 10])  # warm-up
+    # warm-up
+    assert [row["lr"] for row in first] == pytest.approx([args.lr / 10, args.lr * 2 / 10])
     args = rl.parse_args(RL_FLAGS + ["--steps", "30"])
-    lrs = [sft.lr_at(step, args.lr, args.warmup, args.steps, args.lr_schedule) for step in range(30)]
-    assert lrs[9] == pytest.approx(args.lr) and args.lr * 0.1 < lrs[-1] < args.lr * 0.11  # then decay
+    lrs = [sft.lr_at(step, args.lr, args.warmup, args.steps, args.lr_schedule)
+           for step in range(30)]
+    # then decay
+    assert lrs[9] == pytest.approx(args.lr) and args.lr * 0.1 < lrs[-1] < args.lr * 0.11
     assert all(a > b for a, b in zip(lrs[10:], lrs[11:]))
     state = torch.load("runs/rl/checkpoint/trainer_state.pt", weights_only=False)
     assert state["step"] == 2 and state["init"] == "runs/warm" and state["optimizer"]["state"]
     weights = {k: v.clone() for k, v in model.load("runs/rl")[0].state_dict().items()}
 
-    rl.train(rl.parse_args(RL_FLAGS + ["--steps", "3", "--resume", "--grad-ckpt"]))  # checkpointing trains too
+    # checkpointing trains too
+    rl.train(rl.parse_args(RL_FLAGS + ["--steps", "3", "--resume", "--grad-ckpt"]))
     assert [row["step"] for row in read_log("runs/rl/metrics.jsonl")] == [1, 2, 3]
     assert torch.load("runs/rl/checkpoint/trainer_state.pt", weights_only=False)["step"] == 3
     after = model.load("runs/rl")[0].state_dict()
-    assert any(not torch.equal(weights[k], after[k]) for k in weights)  # step 3 trained from step 2's weights
-    rl.train(rl.parse_args(RL_FLAGS + ["--steps", "3", "--out", "runs/rl-once"]))  # the same 3 steps in one go
+    # step 3 trained from step 2's weights
+    assert any(not torch.equal(weights[k], after[k]) for k in weights)
+    # the same 3 steps in one go
+    rl.train(rl.parse_args(RL_FLAGS + ["--steps", "3", "--out", "runs/rl-once"]))
     once = model.load("runs/rl-once")[0].state_dict()
     assert all(torch.allclose(once[k], after[k], atol=1e-6) for k in once)
-    with pytest.raises(model.ModelError, match="--reward mentor"):  # a resume trains what it started with
+    # a resume trains what it started with
+    with pytest.raises(model.ModelError, match="--reward mentor"):
         rl.train(rl.parse_args(RL_FLAGS + ["--steps", "4", "--resume", "--reward", "sparse"]))
     with open("runs/rl/metrics.jsonl", "a") as f:  # a crash after logging step 4, before saving it
         f.write(json.dumps({"step": 4}) + "\n" + '{"step": 5, "rew')
@@ -181,18 +189,20 @@ def test_jsd_of_tool_usage():
     kl_q = math.log2(1 / 0.75)
     expected = (kl_p + kl_q) / 2
     assert evaluate.jsd(Counter(add=1, power=1), Counter(add=3)) == pytest.approx(expected)
-    assert evaluate.jsd(Counter(), Counter()) == 0.0 and evaluate.jsd(Counter(), Counter(add=1)) == 1.0
+    assert (evaluate.jsd(Counter(), Counter()) == 0.0
+            and evaluate.jsd(Counter(), Counter(add=1)) == 1.0)
 
 
 def test_evaluate_reports_every_metric_with_examples(warm):
     policy, tok = model.load(warm)
     records = files.load_records("data/hidden/test_id.jsonl")
     m = evaluate.evaluate(policy, tok, records, k=2, max_tokens=96)
-    for key in ("accuracy", "finished", "format_valid", "calls_per_problem", "invalid_call_rate", "tool_f1",
-                "tool_jsd", "pass@2"):
+    for key in ("accuracy", "finished", "format_valid", "calls_per_problem", "invalid_call_rate",
+                "tool_f1", "tool_jsd", "pass@2"):
         assert 0 <= m[key] <= (5 if key == "calls_per_problem" else 1)
     assert m["pass@2"] >= 0 and m["problems"] == 8 and len(m["examples"]) == 3
-    example = m["examples"][0]  # whole conversations: the student's turns and tool replies, the teacher's
+    # whole conversations: the student's turns and tool replies, the teacher's
+    example = m["examples"][0]
     assert example["teacher"] == records[0]["teacher"]["messages"]
     assert example["student"][0]["role"] == "assistant" and isinstance(example["solved"], bool)
     assert m["data"] == evaluate.fingerprint(records) != evaluate.fingerprint(records[1:])
@@ -200,7 +210,8 @@ def test_evaluate_reports_every_metric_with_examples(warm):
 
 
 @pytest.mark.parametrize("script, argv", [
-    (rl, ["--group", "1"]), (rl, ["--reward", "dense"]), (rl, ["--save-every", "0"]), (rl, ["--temperature", "0"]), (rl, ["--eval-limit", "0"]), (rl, ["--warmup", "-1"]),
+    (rl, ["--group", "1"]), (rl, ["--reward", "dense"]), (rl, ["--save-every", "0"]),
+    (rl, ["--temperature", "0"]), (rl, ["--eval-limit", "0"]), (rl, ["--warmup", "-1"]),
     (sft, ["--eval-limit", "0"]), (sft, ["--eval-every", "-1"]), (sft, ["--limit", "0"]),
     (rl, ["--data", "no/such/dir"]), (sft, ["--data", "no/such/dir"]),
     (evaluate, ["runs/sft", "--limit", "0"]), (evaluate, ["runs/sft", "--max-turns", "0"]),
@@ -209,11 +220,13 @@ def test_evaluate_reports_every_metric_with_examples(warm):
 def test_bad_flags_are_refused_in_one_line(script, argv, capsys):
     with pytest.raises(SystemExit) as exit:
         script.parse_args(argv)
-    assert exit.value.code == 2 and next(a for a in argv if a.startswith("--")) in capsys.readouterr().err
+    assert (exit.value.code == 2
+            and next(a for a in argv if a.startswith("--")) in capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("script", [rl, sft])
-def test_a_data_folder_without_the_splits_is_refused_and_nothing_is_written(script, tmp_path, capsys):
+def test_a_data_folder_without_the_splits_is_refused_and_nothing_is_written(script, tmp_path,
+                                                                            capsys):
     """A typo'd or foreign --data folder: one error line, no built-in benchmark written there
     (it would train on it, silently, or fill a folder that is not the project's)."""
     (tmp_path / "mine").mkdir()
@@ -222,13 +235,14 @@ def test_a_data_folder_without_the_splits_is_refused_and_nothing_is_written(scri
         with pytest.raises(SystemExit) as exit:
             script.parse_args(["--data", str(folder)])
         err = capsys.readouterr().err.strip().splitlines()[-1]
-        assert exit.value.code == 2 and f"--data {folder}: no train.jsonl, test_id.jsonl, test_ood.jsonl" in err
+        assert (exit.value.code == 2
+                and f"--data {folder}: no train.jsonl, test_id.jsonl, test_ood.jsonl" in err)
     assert not (tmp_path / "typo").exists() and os.listdir(tmp_path / "mine") == ["notes.txt"]
 
 
 def run_cli(*argv: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
 @pytest.mark.parametrize("script, argv, message", [
@@ -241,14 +255,16 @@ def run_cli(*argv: str, cwd) -> subprocess.CompletedProcess:
 def test_bad_input_gives_one_line_and_nonzero_exit(warm, script, argv, message):
     with pytest.raises(SystemExit) as e:
         script.main(argv)
-    assert str(e.value.code).startswith("error: ") and message in e.value.code and "\n" not in e.value.code
+    assert (str(e.value.code).startswith("error: ") and message in e.value.code
+            and "\n" not in e.value.code)
 
 
 def test_the_command_line_itself_exits_with_one_line(warm):
-    result = run_cli(os.path.join(ROOT, "rl.py"), "--resume", "--out", "runs/none", "--init", "runs/warm",
-                     cwd=os.getcwd())
+    result = run_cli(os.path.join(ROOT, "rl.py"), "--resume", "--out", "runs/none", "--init",
+                     "runs/warm", cwd=os.getcwd())
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == "error: runs/none: no checkpoint to resume from"
+    assert (result.stderr.strip().splitlines()[-1]
+            == "error: runs/none: no checkpoint to resume from")
     assert "Traceback" not in result.stderr
 
 
@@ -257,9 +273,12 @@ def test_llm_teacher_keeps_only_trajectories_that_reach_the_answer(warm):
     kept = teacher.llm_records(warm, problems, samples=2, seed=0)
     assert len(kept) <= len(problems)
     for record in kept:
-        assert tasks.is_correct(tasks.extract_answer(record["teacher"]["messages"][-1]["content"]), record["answer"])
-        assert tasks.is_correct(teacher.replay(record["teacher"]["messages"]), record["answer"])  # real tool outputs
-        assert record["teacher"]["tools"] == [c["name"] for c in files.tool_calls(record["teacher"]["messages"])]
+        assert tasks.is_correct(tasks.extract_answer(record["teacher"]["messages"][-1]["content"]),
+                                record["answer"])
+        # real tool outputs
+        assert tasks.is_correct(teacher.replay(record["teacher"]["messages"]), record["answer"])
+        assert (record["teacher"]["tools"]
+                == [c["name"] for c in files.tool_calls(record["teacher"]["messages"])])
     # a model that cannot solve anything yields nothing, not wrong trajectories
     assert teacher.llm_records("runs/tiny", problems[:2], samples=1, seed=0) == []
 
@@ -268,27 +287,31 @@ def test_the_warm_start_gate_solves_training_problems_the_warm_start_never_saw(w
     seen, real = [], evaluate.evaluate
     monkeypatch.setattr(evaluate, "evaluate", lambda policy, tokenizer, records:
                         seen.append((records, real(policy, tokenizer, records))) or seen[-1][1])
-    run = sft.parse_args(["--limit", "64", "--out", warm])  # the fixture's: it trained on the first 64
+    # the fixture's: it trained on the first 64
+    run = sft.parse_args(["--limit", "64", "--out", warm])
     solved = rl.warm_accuracy(run)
-    assert [records for records, _ in seen] == [files.load_records("data/hidden/train.jsonl")[64:164]]
+    assert ([records for records, _ in seen]
+            == [files.load_records("data/hidden/train.jsonl")[64:164]])
     assert solved == seen[0][1]["accuracy"] and seen[0][1]["problems"] == 100
 
 
 def test_compare_runs_every_method_over_seeds_and_reuses_finished_runs(warm, monkeypatch, capsys):
     import compare
 
-    monkeypatch.setattr(rl, "WARM_START", ["--traces", "demo", "--limit", "32", "--steps", "4", "--eval-every", "0"])
+    monkeypatch.setattr(rl, "WARM_START", ["--traces", "demo", "--limit", "32", "--steps", "4",
+                                           "--eval-every", "0"])
     monkeypatch.setattr(rl, "WARM_GATE", 0.0)  # four steps solve nothing: no gate here
     # a barely trained student talks long: small steps and budgets
     for key, value in dict(prompts=4, group=2, minibatch=2, max_tokens=64).items():
         monkeypatch.setitem(rl.SETTINGS, key, value)
-    argv = ["compare.py", "--conditions", "hidden", "--seeds", "2", "--rl-steps", "1", "--sft-steps", "2",
-            "--out", "runs/cmp", "--methods", "sft-matched", "mentor"]
+    argv = ["compare.py", "--conditions", "hidden", "--seeds", "2", "--rl-steps", "1",
+            "--sft-steps", "2", "--out", "runs/cmp", "--methods", "sft-matched", "mentor"]
     monkeypatch.setattr(sys, "argv", argv)
     compare.main()
     out = capsys.readouterr().out
     for method in ("warm", "sft-matched", "mentor"):
-        assert any(line.startswith(f"hidden    {method} ") and "±" in line for line in out.splitlines()), method
+        assert any(line.startswith(f"hidden    {method} ") and "±" in line
+                   for line in out.splitlines()), method
     results = json.load(open("runs/cmp/results.json"))
     assert results["seeds"] == 2 and len(results["hidden"]["mentor"]["OOD_accuracy"]) == 2
     assert all(0 <= a <= 1 for a in results["hidden"]["sft-matched"]["ID_accuracy"])
@@ -304,8 +327,10 @@ def test_compare_runs_every_method_over_seeds_and_reuses_finished_runs(warm, mon
     assert os.path.getmtime("runs/cmp/hidden/mentor-s1/eval.json") == stamp
 
 
-def test_the_starting_evaluation_is_reused_only_for_the_same_problems_and_limits(tmp_path, monkeypatch):
-    problems = [{"id": str(i), "question": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(4)]
+def test_the_starting_evaluation_is_reused_only_for_the_same_problems_and_limits(tmp_path,
+                                                                                 monkeypatch):
+    problems = [{"id": str(i), "question": f"What is {i} + 1?", "answer": str(i + 1)}
+                for i in range(4)]
     splits = {"ID": problems[:2], "OOD": problems[2:]}
     saved = {name: {"data": evaluate.fingerprint(recs), "limits": [5, 256], "accuracy": 0.5}
              for name, recs in splits.items()}
@@ -315,7 +340,8 @@ def test_the_starting_evaluation_is_reused_only_for_the_same_problems_and_limits
     assert rl.starting_eval(str(tmp_path), None, None, splits, args) == saved
     swapped = {"ID": splits["OOD"], "OOD": splits["ID"]}  # same sizes, other problems
     assert rl.starting_eval(str(tmp_path), None, None, swapped, args) == "evaluated now"
-    assert rl.starting_eval(str(tmp_path), None, None, splits, rl.parse_args(["--max-tokens", "64"])) == "evaluated now"
+    assert rl.starting_eval(str(tmp_path), None, None, splits,
+                            rl.parse_args(["--max-tokens", "64"])) == "evaluated now"
 
 
 def test_micro_batches_change_memory_not_the_update(warm):
@@ -334,7 +360,8 @@ def test_micro_batches_change_memory_not_the_update(warm):
 
 
 @pytest.mark.parametrize("minibatch", ["2", "1"])
-def test_old_logprobs_are_the_training_forward_before_the_first_update(warm, monkeypatch, minibatch):
+def test_old_logprobs_are_the_training_forward_before_the_first_update(warm, monkeypatch,
+                                                                       minibatch):
     seen = []
 
     def recording(logp, old, *args):
@@ -343,8 +370,9 @@ def test_old_logprobs_are_the_training_forward_before_the_first_update(warm, mon
     policy_loss = rl.policy_loss
     monkeypatch.setattr(rl, "policy_loss", recording)
     # an entropy bonus moves the policy even where every group's rewards tie
-    rl.train(rl.parse_args(RL_FLAGS + ["--steps", "1", "--minibatch", minibatch, "--out", f"runs/old{minibatch}",
-                                       "--entropy-coef", "0.05", "--lr", "0.01", "--warmup", "0"]))
+    rl.train(rl.parse_args(RL_FLAGS + ["--steps", "1", "--minibatch", minibatch,
+                                       "--out", f"runs/old{minibatch}", "--entropy-coef", "0.05",
+                                       "--lr", "0.01", "--warmup", "0"]))
     if minibatch == "2":  # one update a step: the ratio's old side is the update's own forward
         assert len(seen) == 1 and torch.equal(*seen[0])
     else:  # two updates: a no-grad pass before the first; the second sees the policy move
@@ -365,7 +393,8 @@ def test_the_first_update_has_a_kl_of_exactly_zero(warm, monkeypatch):
         return kl
     kl_penalty, trim = rl.kl_penalty, rl.trim
     monkeypatch.setattr(rl, "kl_penalty", recording)
-    monkeypatch.setattr(rl, "trim", lambda data, rows: groups.append(rows.tolist()) or trim(data, rows))
+    monkeypatch.setattr(rl, "trim", lambda data, rows: groups.append(rows.tolist())
+                        or trim(data, rows))
     rl.train(rl.parse_args(RL_FLAGS + ["--steps", "1", "--micro-batch", "2", "--out", "runs/kl0",
                                        "--entropy-coef", "0.05", "--lr", "0.01", "--warmup", "0"]))
     # two updates (one problem each) of two micro-batches (four rollouts); the reference pass,
@@ -384,14 +413,16 @@ def test_evaluations_use_the_runs_token_budget(warm, monkeypatch):
         return evaluate_one(policy, tokenizer, records[:1], **kwargs)
     evaluate_one = evaluate.evaluate
     monkeypatch.setattr(evaluate, "evaluate", recording)
-    rl.train(rl.parse_args(RL_FLAGS + ["--steps", "2", "--eval-every", "1", "--max-tokens", "40", "--max-turns", "3",
-                                       "--out", "runs/budget"]))
-    # before (the warm start's eval.json has other limits), after step 1, after the last step; two splits each
+    rl.train(rl.parse_args(RL_FLAGS + ["--steps", "2", "--eval-every", "1", "--max-tokens", "40",
+                                       "--max-turns", "3", "--out", "runs/budget"]))
+    # before (the warm start's eval.json has other limits), after step 1, after the last step;
+    # two splits each
     assert budgets == [(3, 40)] * 6
 
 
 def test_only_the_standard_evaluation_writes_eval_json():
     assert evaluate.parse_args(["runs/x"]).result_file == "eval.json"
     assert evaluate.parse_args(["runs/x", "--limit", "5"]).result_file == "eval-first5.json"
-    assert evaluate.parse_args(["runs/x", "--data", "my/hard.jsonl", "--max-turns", "2"]).result_file == (
+    assert evaluate.parse_args(["runs/x", "--data", "my/hard.jsonl",
+                                "--max-turns", "2"]).result_file == (
         "eval-hard-turns2-tokens256.json")
