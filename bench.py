@@ -130,7 +130,7 @@ def bench_decode(args, policy, tokenizer) -> None:
     @torch.inference_mode()
     def generate() -> int:
         ids = torch.tensor([prompt_ids] * args.batch, device=args.device)
-        # as rollout
+        # bf16 autocast on CUDA, as the rollouts run
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.device.startswith("cuda")):
             out = policy.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,
                                   max_new_tokens=args.max_tokens, temperature=1.0, top_p=1.0,

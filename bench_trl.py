@@ -1,8 +1,7 @@
 """The peer benchmark: rl.py's GRPO step beside TRL's GRPOTrainer, same model, prompts and sizes.
 
     pip install trl==1.16        # this script only; nothing else in the project needs TRL
-    python bench_trl.py          # the tiny default, 8 prompts x 8 samples, <= 100 new tokens,
-                                   1 thread
+    python bench_trl.py          # the tiny default: 8 prompts x 8 samples, <= 100 tokens, 1 thread
 
 Both train the same checkpoint on the same problems with the project's prompts and reward
 (reward.make_reward_func): 8 prompts x 8 generations, at most 100 new tokens, temperature

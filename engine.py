@@ -125,9 +125,8 @@ def sample_turn(model, decoder: "Decoder", samples: list[int], rows: list[list[i
             logp = (logits if greedy else logits / temperature).log_softmax(-1)
             token = pick(logp, top_k, top_p, greedy, generator)
             # The log-prob under softmax(logits / temperature), before top-k and top-p cut it: what
-            # logprobs(temperature=) gives, as the authors' trainer computes it.
-            # Rows whose turn has ended write past their length too; those entries are cut off
-            # below.
+            # logprobs(temperature=) gives, as the authors' trainer computes it. Rows whose turn
+            # has ended write past their length too; those entries are cut off below.
             tokens[live, t] = token
             logps[live, t] = logp.gather(1, token[:, None]).squeeze(1)
             is_eos = torch.isin(token, ends)

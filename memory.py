@@ -12,8 +12,8 @@ output: bf16 under CUDA autocast, float32 on CPU):
     adamw            AdamW's two float32 moments: 8 P
     reference        the frozen starting policy: float32 on CPU (4 P); on CUDA its linear layers in
                      bf16, the embeddings float32: 2 P + 2 V h
-    cuda context     (CUDA) the CUDA context and torch's kernels, outside what the allocator counts:
-                     1 GiB
+    cuda context     (CUDA) the CUDA context and torch's kernels, which the allocator does not
+                     count: 1 GiB
   rollouts (rows: every prompt x group of a rollout call; an evaluation decodes as many problems):
     decoder weights  the decoder's copy of the weights it multiplies by, made once per rollout: on
                      CUDA every projection and the output layer in bf16, 2 (L (h (q + 2 kv) + q
@@ -98,7 +98,7 @@ def estimate(config: PretrainedConfig, args: argparse.Namespace, prompt_tokens: 
     rows = args.rollout_batch * args.group  # an evaluation decodes as many problems at once
     positions = prompt_tokens + 2 * args.max_tokens if later_turns else T
     kv_cache = rows * positions * L * kv * 2 * a
-    # an evaluation's
+    # one layer's forward over an evaluation's prompts at once
     prefill = rows * prompt_tokens * (20 * h + 3 * a * i + 4 * a * q + (1 + a) * prompt_tokens)
 
     # per layer: q, k, v (weights, biases), gate, up

@@ -246,8 +246,8 @@ def prompt(tokenizer, question: str) -> list[dict]:
 def _render(tokenizer, messages: list[dict], tools: list[dict] | None,
             generation_prompt: bool) -> str:
     if isinstance(tokenizer.chat_template, str) and "tools" not in tokenizer.chat_template:
-        # a template that never names them cannot read them; converting them takes most of a
-        # render
+        # a template that never names the tools cannot read them, and converting them
+        # takes most of a render
         tools = None
     try:
         return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
@@ -493,7 +493,7 @@ def logprobs(model, ids: torch.Tensor, mask: torch.Tensor, temperature: float = 
                                                                 use_reentrant=False))
             else:
                 chunks.append(_chunk_logprobs(*args))
-    # or nothing scored
+    # (one empty part per output when nothing was scored)
     parts = list(zip(*chunks)) or [[hidden.new_zeros(0).float()]] * (1 + with_entropy)
     outs = [torch.zeros(ids.shape, device=ids.device).index_put((rows, cols + 1), torch.cat(p))
             for p in parts]

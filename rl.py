@@ -398,7 +398,8 @@ def grpo_step(policy, ref, opt, tokenizer, problems: list[dict], args: argparse.
             for micro in micro_batches(data["lengths"], rows, args.micro_batch):
                 ids, m, prompts = trim(data, micro)
                 width = ids.shape[1]
-                logp, entropy = student.logprobs(policy, ids, m, T, True, prompts)
+                logp, entropy = student.logprobs(policy, ids, m, T, with_entropy=True,
+                                                 prompts=prompts)
                 if epoch == index == 0:
                     old_logp[micro, :width] = logp.detach()
                 old = old_logp[micro, :width]

@@ -1,8 +1,7 @@
 """Supervised fine-tuning on the teacher's trajectories.
 
     python sft.py                      # the paper's SFT baseline: all teacher data
-    python sft.py --limit 400 --steps 350 --out runs/warm   # rl.py's warm start: the format,
-                                                              room to improve
+    python sft.py --limit 400 --steps 350 --out runs/warm   # rl.py's warm start (weak on purpose)
 
 The loss is the next-token cross-entropy on the assistant's tokens only: not on the prompt,
 not on tool responses (the student should learn to call tools, not to predict their output).
