@@ -18,6 +18,7 @@ of being reported as if it were this one.
 """
 import argparse
 import json
+import math
 import multiprocessing
 import os
 import statistics
@@ -43,6 +44,8 @@ METHODS = {  # name -> the reward mode of its GRPO run (None: SFT on the teacher
     "sft-matched": None, "sft-all": None,
     "sparse": "sparse", "strict": "strict", "mentor": "mentor",
 }
+# sft-all replaying the warm start's skills the teacher never shows ("forgetting" only)
+REPLAY = {"sft-replay": 0.2}
 SFT_LR = sft.SETTINGS["lr"][0] / 3  # SFT from a warm start: a third of the from-scratch rate
 
 
@@ -54,11 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     choices=tasks.CONDITIONS)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--methods", nargs="+", default=list(METHODS),
-                    choices=list(METHODS) + list(reward.MODES))
+                    choices=list(METHODS) + list(REPLAY) + list(reward.MODES))
     ap.add_argument("--out", default="runs/compare")
     ap.add_argument("--rl-steps", type=int, default=40, help="GRPO steps (and sft-matched steps)")
     ap.add_argument("--sft-steps", type=int, default=300,
                     help="sft-all: SFT steps of 32 on all teacher data")
+    ap.add_argument("--sft-lr", type=float, default=SFT_LR, help="sft-all: peak learning rate")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--jobs", type=int, default=1,
                     help="runs trained at once, one CPU thread each "
@@ -69,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if min(args.seeds, args.rl_steps, args.sft_steps, args.jobs, args.gate_problems) < 1:
         ap.error("--seeds, --rl-steps, --sft-steps, --jobs and --gate-problems must be positive")
+    if args.sft_lr <= 0:
+        ap.error("--sft-lr must be positive")
     # A method named twice would train into one folder twice and count each seed twice.
     args.methods = list(dict.fromkeys(args.methods))
     args.warm_start = rl.WARM_START  # carried along: worker processes import rl afresh
@@ -90,10 +96,10 @@ def method_args(condition: str, method: str, seed: int, warm: str,
     common = ["--condition", condition, "--device", args.device, "--seed", str(seed),
               "--eval-every", "0",
               "--out", os.path.join(args.out, condition, f"{method}-s{seed}")]
-    if method == "sft-all":
+    if method in ("sft-all", *REPLAY):
         return sft.parse_args(common + ["--model", warm, "--steps", str(args.sft_steps),
-                                        "--batch-size", "32",
-                                        "--lr", str(SFT_LR), "--warmup", "50"])
+                                        "--batch-size", "32", "--lr", str(args.sft_lr),
+                                        "--warmup", "50", "--replay", str(REPLAY.get(method, 0))])
     if method == "sft-matched":  # the same problems, in the same order, as this seed's GRPO runs
         grpo = rl.parse_args([])  # the tiny GRPO run's problems per step and warm-up
         return sft.parse_args(common + ["--model", warm, "--matched", "--steps", str(args.rl_steps),
@@ -195,12 +201,14 @@ def gate(args: argparse.Namespace) -> dict:
 # ---------------------------------------------------------------------------- the report
 
 def summary(values: list[float]) -> str:
+    if all(math.isnan(v) for v in values):  # a split this condition does not have
+        return "-"
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.3f} ± {spread:.3f}"
 
 
 COLUMNS = [("ID", "accuracy", "ID acc"), ("OOD", "accuracy", "OOD acc"),
-           ("OOD", "same_tools", "OOD same tools")]
+           ("OOD", "same_tools", "OOD same tools"), ("retain", "accuracy", "retain acc")]
 
 
 def report(runs: dict[str, dict[str, list[str]]]) -> tuple[dict, str]:
@@ -208,7 +216,7 @@ def report(runs: dict[str, dict[str, list[str]]]) -> tuple[dict, str]:
     columns of COLUMNS and per-family accuracy, each a list over seeds; where sparse GRPO ran,
     also OOD accuracy minus sparse's, seed by seed (paired: a seed's methods share its warm
     start, and warm starts differ more than methods do); and the text table."""
-    header = f"{'condition':<10}{'method':<13}" + "".join(f"{t:>18}" for *_, t in COLUMNS)
+    header = f"{'condition':<14}{'method':<13}" + "".join(f"{t:>18}" for *_, t in COLUMNS)
     results, lines = {}, [header + f"{'OOD - sparse':>18}"]
     for condition, methods in runs.items():
         results[condition] = {method: scores(folders) for method, folders in methods.items()}
@@ -218,7 +226,7 @@ def report(runs: dict[str, dict[str, list[str]]]) -> tuple[dict, str]:
             if sparse:
                 row["OOD_minus_sparse"] = [a - b for a, b in zip(row["OOD_accuracy"], sparse)]
                 paired = summary(row["OOD_minus_sparse"])
-            lines.append(f"{condition:<10}{method:<13}" + "".join(
+            lines.append(f"{condition:<14}{method:<13}" + "".join(
                 f"{summary(row[f'{s}_{k}']):>18}" for s, k, _ in COLUMNS) + f"{paired:>18}")
     return results, "\n".join(lines)
 
@@ -230,10 +238,10 @@ def scores(folders: list[str]) -> dict:
     for folder in folders:
         with open(os.path.join(folder, "eval.json")) as f:
             evals.append(json.load(f))
-    row = {f"{split}_{key}": [e[split].get(key, float("nan")) for e in evals]
+    row = {f"{split}_{key}": [e.get(split, {}).get(key, float("nan")) for e in evals]
            for split, key, _ in COLUMNS}
-    row["by_family"] = {f: [e[s]["by_family"][f] for e in evals] for s in ("ID", "OOD")
-                        for f in evals[0][s]["by_family"]}
+    row["by_family"] = {f: [e[s]["by_family"][f] for e in evals] for s in ("ID", "OOD", "retain")
+                        if s in evals[0] for f in evals[0][s]["by_family"]}
     return row
 
 
@@ -264,7 +272,10 @@ def main() -> None:
             return
         seeds = range(args.seeds)
         for condition in args.conditions:
-            teacher.ensure_data(os.path.join("data", condition), condition)
+            paths = teacher.ensure_data(os.path.join("data", condition), condition)
+            if "warm" not in paths and set(REPLAY) & set(args.methods):
+                raise files.DataError(f"sft-replay: the {condition} condition has no warm split "
+                                      "to replay (forgetting has one)")
             # Refuse a folder of other settings now, not after hours of training the runs before it.
             for seed in seeds:
                 first, redraw = rl.warm_draws(warm_args(condition, seed, args))
@@ -274,7 +285,7 @@ def main() -> None:
                     files.finished_run(method_args(condition, method, seed, start, args))
         # Every method of a seed starts from that seed's warm start; GRPO runs take longest.
         pairs = [(c, seed) for c in args.conditions for seed in seeds]
-        longest_first = sorted(args.methods, key=lambda m: METHODS.get(m, m) is None)
+        longest_first = sorted(args.methods, key=lambda m: m.startswith("sft"))
         warms, folders = run_all(partial(run_warm, args=args), partial(run_method, args=args),
                                  pairs, longest_first, args.jobs)
     except (files.DataError, student.ModelError) as e:

@@ -152,8 +152,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--condition", default="hidden", choices=tasks.CONDITIONS,
                     help="the built-in benchmark")
     ap.add_argument("--data", nargs="+", default=None,
-                    help="JSONL files to evaluate on (default: data/CONDITION/test_id and "
-                         "test_ood)")
+                    help="JSONL files to evaluate on (default: the test splits of "
+                         "data/CONDITION)")
     ap.add_argument("--k", type=int, default=1,
                     help="also report pass@k from k samples per problem")
     ap.add_argument("--limit", type=int, default=None,
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.data is None:
             paths = teacher.ensure_data(os.path.join("data", args.condition), args.condition)
-            tests = {"ID": paths["test_id"], "OOD": paths["test_ood"]}
+            tests = {name: paths[split] for name, split in teacher.TESTS.items() if split in paths}
         else:
             tests = dict(zip(args.names, args.data))
         splits = {name: files.load_records(path, need_teacher=False)[:args.limit]

@@ -196,8 +196,9 @@ def finished_run(run) -> bool:
         raise DataError(f"{run.out} has no readable args.json, so how it was trained is unknown; "
                                  "use another --out or delete it")
     wanted = json.loads(json.dumps(vars(run)))  # as args.json stores it
-    changed = [key for key in wanted
-               if key not in IGNORED and (key not in saved or saved[key] != wanted[key])]
+    # A flag newer than the run, left off (0, None, False), trains as the run did.
+    changed = [key for key in wanted if key not in IGNORED
+               and (saved[key] != wanted[key] if key in saved else wanted[key])]
     if changed:
         old = " and ".join(f"{key}={saved.get(key, 'unset')}" for key in changed)
         new = " and ".join(str(wanted[key]) for key in changed)

@@ -99,10 +99,16 @@ def build_tiny(path: str, texts: list[str]) -> None:
     save(path, Qwen2ForCausalLM(config), tokenizer)
 
 
+# The tokenizer learns from the first four conditions. The later ones are written in their
+# words (tests/test_model.py checks it), so adding a condition leaves the tokenizer, the tiny
+# student's initial weights and every earlier result as they were.
+CORPUS_CONDITIONS = ("hidden", "refuted", "wrong", "none")
+
+
 def tiny_corpus(n_train: int = 4000, seed: int = 0) -> list[str]:
     """The text the tiny student's tokenizer learns from: the system prompt, the tool schemas,
-    and the training problems of every built-in condition, as their trajectories (teacher's
-    and demonstrator's) print them; none whose question is a test question of any condition
+    and the training problems of CORPUS_CONDITIONS, as their trajectories (teacher's and
+    demonstrator's) print them; none whose question is a test question of any condition
     (a condition's training set holds none of its own, but may hold another's)."""
     import teacher  # here: teacher.py's LLM teacher rolls out through this file
 
@@ -111,8 +117,8 @@ def tiny_corpus(n_train: int = 4000, seed: int = 0) -> list[str]:
               for condition in tasks.CONDITIONS}
     tests = {p.question for suite in suites.values() for split in ("test_id", "test_ood")
              for p in suite[split]}
-    for suite in suites.values():
-        for problem in (p for p in suite["train"] if p.question not in tests):
+    for condition in CORPUS_CONDITIONS:
+        for problem in (p for p in suites[condition]["train"] if p.question not in tests):
             for plan in (problem.plan, problem.demo):
                 # the system prompt is in already
                 for m in teacher.trajectory(problem, plan)[1:] if plan else []:

@@ -446,11 +446,10 @@ def train(args: argparse.Namespace) -> dict:
     """Run GRPO as configured; returns {"before": eval, "after": eval} on the test splits."""
     draw = random.Random(args.seed)  # the problems of each step (sft.py --matched draws the same)
     torch.manual_seed(args.seed)
-    # Data: the training problems (with their teacher reference) and the two test splits.
+    # Data: the training problems (with their teacher reference) and the test splits.
     paths = teacher.ensure_data(args.data, args.condition)
     train_set = files.load_records(paths["train"], need_teacher=args.reward != "sparse")
-    splits = {name: files.load_records(paths[split], need_teacher=False)
-              for name, split in (("ID", "test_id"), ("OOD", "test_ood"))}
+    splits = teacher.test_splits(paths)
     if len(train_set) < args.prompts:
         raise files.DataError(f"{paths['train']}: {len(train_set)} problems, "
                               f"fewer than --prompts {args.prompts}")
@@ -458,7 +457,7 @@ def train(args: argparse.Namespace) -> dict:
     # The policy, the frozen reference (the starting point, the KL's anchor) and the optimizer.
     state = saved_state(args)
     init = state["init"] if state else warm_start(args)
-    questions = [p["question"] for p in train_set + splits["ID"] + splits["OOD"]]
+    questions = [p["question"] for p in train_set + sum(splits.values(), [])]
     memory.check(init, args, questions)  # or exit, naming the flags that would fit
     policy, tokenizer = student.load(args.out if state else init, args.device, compile=args.compile)
     ref, _ = student.load(init, device=args.device, frozen=True)

@@ -54,6 +54,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--matched", action="store_true",
                     help="draw each step's batch as rl.py draws its problems "
                          "(same seed: the same problems)")
+    ap.add_argument("--replay", type=float, default=0.0,
+                    help="share of each batch drawn from the warm split, the warm start's "
+                         "skills the teacher never shows (the forgetting condition's)")
+    ap.add_argument("--holdout", type=int, default=0,
+                    help="keep the last N training problems out of training and score them "
+                         "(val): pick --steps and --lr on these, never on a test split")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None)
@@ -76,8 +82,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if error := teacher.data_error(args.data):
         ap.error(error)
     args.data = args.data or os.path.join("data", args.condition)
-    if min(args.warmup, args.eval_every) < 0:
-        ap.error("--warmup and --eval-every cannot be negative")
+    if min(args.warmup, args.eval_every, args.holdout) < 0:
+        ap.error("--warmup, --eval-every and --holdout cannot be negative")
+    if not 0 <= args.replay < 1:
+        ap.error("--replay is a share of the batch: at least 0, below 1")
     return args
 
 
@@ -127,19 +135,32 @@ def train(args: argparse.Namespace) -> dict[str, dict]:
     """Run SFT as configured by `args`; returns the final evaluation per split."""
     torch.manual_seed(args.seed)
     paths = teacher.ensure_data(args.data, args.condition)
-    records = files.load_records(paths["train"])[:args.limit]
+    records = files.load_records(paths["train"])
+    splits = teacher.test_splits(paths)
+    if args.holdout:
+        records, splits["val"] = records[:-args.holdout], records[-args.holdout:]
+    records = records[:args.limit]
+    if args.replay and "warm" not in paths:
+        raise files.DataError(f"{args.data}: no warm split to replay (the forgetting condition "
+                              "has one)")
+    # The warm split: skills the warm start learns and the teacher never shows (--replay keeps
+    # them in SFT's batches).
+    warm = files.load_records(paths["warm"]) if "warm" in paths else []
+    if args.traces == "demo":
+        records += warm
     traces = [(r["demo"] if args.traces == "demo" and r["demo"] else r["teacher"])["messages"]
               for r in records]
     if not all(traces):
         raise files.DataError(f"{paths['train']}: records without trajectories (messages) "
                               "to learn from")
-    splits = {name: files.load_records(paths[split], need_teacher=False)
-              for name, split in (("ID", "test_id"), ("OOD", "test_ood"))}
     if args.model is None:
         student.ensure_tiny()
     policy, tokenizer = student.load(args.model, device=args.device, compile=args.compile)
-    examples = [student.encode(tokenizer, conversation(tokenizer, r, t), tools.schemas())
-                for r, t in zip(records, traces)]
+    encode = lambda r, t: student.encode(tokenizer, conversation(tokenizer, r, t),  # noqa: E731
+                                         tools.schemas())
+    examples = [encode(r, t) for r, t in zip(records, traces)]
+    replays = [encode(r, (r["demo"] or r["teacher"])["messages"]) for r in warm if args.replay]
+    n_replay = round(args.replay * args.batch_size)
     os.makedirs(args.out, exist_ok=True)
     files.write_json(os.path.join(args.out, "args.json"), vars(args))
     log = open(os.path.join(args.out, "metrics.jsonl"), "w")
@@ -157,12 +178,17 @@ def train(args: argparse.Namespace) -> dict[str, dict]:
         lr = lr_at(step, args.lr, args.warmup, args.steps)
         for group in opt.param_groups:
             group["lr"] = lr
+        size = args.batch_size - n_replay
         if args.matched:
-            picks = draw.sample(range(len(examples)), args.batch_size)
+            picks = draw.sample(range(len(examples)), size)
         else:
-            picks = torch.randint(len(examples), (args.batch_size,), generator=gen).tolist()
-        loss, grad_norm = train_step(policy, opt, *batch([examples[i] for i in picks],
-                                                         tokenizer.pad_token_id, args.device))
+            picks = torch.randint(len(examples), (size,), generator=gen).tolist()
+        chosen = [examples[i] for i in picks]
+        if n_replay:  # drawn after the picks, so --replay 0 leaves every run as it was
+            chosen += [replays[i] for i in torch.randint(len(replays), (n_replay,),
+                                                         generator=gen).tolist()]
+        loss, grad_norm = train_step(policy, opt, *batch(chosen, tokenizer.pad_token_id,
+                                                         args.device))
         row = {"step": step + 1, "loss": loss, "grad_norm": grad_norm, "lr": lr,
                "step_time": time.time() - t0}
         if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:

@@ -5,13 +5,17 @@ of turns; each turn is a list of calls `(tool name, arguments)` that can run in 
 and an argument "#k" stands for the result of the k-th call of the plan. Answers are
 computed by running the plan through tools.call_tool, never written by hand.
 
-The benchmark comes in four conditions (CONDITIONS, below the families). Three give a weak
+The benchmark comes in seven conditions (CONDITIONS, below the families). Three give a weak
 demonstrator, whose trajectories are the warm start's data, a *habit*: it picks some tools
 by a surface cue where the question says which (rounding by the container's noun, no
 abs_value for towers). They differ in what the outcome can see: the habit's answer is right
 on every training problem ("hidden"), or wrong on about half ("refuted"), or the teacher
 itself errs on a fifth of one family ("wrong"). Out of domain the habit is always wrong.
 The fourth ("none") is the original suite below, where the demonstrator is the teacher.
+In two more the demonstrator's own way is right and the teacher's way does not suit a small
+student: the teacher does a sum in its head ("capacity"), or uses the same tools in an order
+that passes a negative number out of domain ("alternatives"). The last ("forgetting") is
+"hidden" with a warm start that also learned skills the teacher never shows.
 
 In the original suite, in-domain (ID) families are what the student trains on.
 Out-of-domain (OOD) families use the same tools and the same words (every word of every test
@@ -36,7 +40,7 @@ import math
 import random
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import tools
 
@@ -280,17 +284,96 @@ def ood_climb(rng, numbers):
     return q, plan + tail, habit + [[("divide", {"a": "#0", "b": c})], [("ceil", {"x": "#1"})]]
 
 
+# ----------------------------------------------- the student's own way: two conditions
+# Where the teacher's way is right for the teacher but not for a small student. The
+# demonstrator (the pretrained student) has its own valid way and takes it on HABIT_RATE of
+# the problems; the teacher always takes its own. Each family returns (question, the
+# teacher's plan, the student's way), as a habit family does.
+#   capacity      the teacher adds two one-digit numbers in its head and writes the sum into
+#                 its next call (others it adds with the add tool, as the student always
+#                 does). In domain those sums stay below 10; out of domain they reach 10 to
+#                 18: sums the student never did in its head, and the add tool does (its
+#                 results in domain run to 38, of numbers to 19).
+#                 Set equality (MENTOR) and strict give the student's way no match ({add,
+#                 multiply} is not the teacher's {multiply}); f1 gives it 2/3, overlap all.
+#   alternatives  the teacher subtracts what is sold, then adds what is bought; the student
+#                 may add first: the same tools (set matching cannot tell them apart), another
+#                 order (strict can). In domain both orders stay positive; out of domain more
+#                 is sold than the store had, and only the teacher's order passes a negative
+#                 number from one call to the next, which the student never wrote in training.
+# Numbers stay at 20 or below: the tiny student copies a number into a later call reliably
+# only from a small range it has copied there before (docs/LOG.md, the feasibility checks).
+
+SMALL_SUMS = [(a, b) for a in range(1, 10) for b in range(1, 10) if a + b < 10]
+CARRIED_SUMS = [(a, b) for a in range(1, 10) for b in range(1, 10) if a + b >= 10]
+
+
+def summands(rng: random.Random, ood: bool) -> tuple[int, int, bool]:
+    """Two numbers to add and whether the teacher adds them in its head (both one digit).
+    Out of domain: one digit each, their sum 10 or more. In domain: a third one digit each
+    with a sum below 10, a third one digit and one of two (to 19), a third two digits each."""
+    kind = 0 if ood else rng.randrange(3)
+    if kind == 0:
+        a, b = rng.choice(CARRIED_SUMS if ood else SMALL_SUMS)
+    else:
+        a, b = rng.randint(10, 19), rng.randint(10 if kind == 2 else 1, 19)
+        a, b = (a, b) if rng.random() < 0.5 else (b, a)
+    return a, b, kind == 0
+
+
+def cups_made(rng: random.Random, ood: bool):
+    (a, b, head), c = summands(rng, ood), rng.randint(2, 30)
+    q = f"A shop makes {a} red and {b} blue cups a day. How many cups does it make in {c} days?"
+    own = [[("add", {"a": a, "b": b})], [("multiply", {"a": "#0", "b": c})]]
+    return (q, [[("multiply", {"a": a + b, "b": c})]], own) if head else (q, own, None)
+
+
+def shared_sum(rng: random.Random, ood: bool):
+    (a, b, head), c = summands(rng, ood), rng.randint(3, 30)
+    q = (f"{a} and {b} dollars are shared equally by {c} friends. How much does each friend "
+         "get, rounded to 2 decimals?")
+    own = [[("add", {"a": a, "b": b})], [("divide", {"a": "#0", "b": c})],
+           [("round_number", {"x": "#1", "digits": 2})]]
+    teacher = [[("divide", {"a": a + b, "b": c})], [("round_number", {"x": "#0", "digits": 2})]]
+    return (q, teacher, own) if head else (q, own, None)
+
+
+def restock(rng: random.Random, ood: bool):
+    item, a, b = rng.choice(ITEMS), rng.randint(2, 19), rng.randint(1, 20)
+    c = rng.randint(a + 1, min(a + b, 20)) if ood else rng.randint(1, a - 1)
+    q = f"A store has {a} {item} and buys {b} more. {c} {item} are sold. How many {item} are left?"
+    return (q, [[("subtract", {"a": a, "b": c})], [("add", {"a": "#0", "b": b})]],
+            [[("add", {"a": a, "b": b})], [("subtract", {"a": "#0", "b": c})]])
+
+
+OWN_WAY = {name: functools.partial(fn, ood=ood) for fn in (cups_made, shared_sum, restock)
+           for name, ood in ((fn.__name__, False), (f"ood_{fn.__name__}", True))}
+
 HABIT_FAMILIES = {"packing": packing, "heights": heights}
 HABIT_OOD = {"ood_packing": ood_packing, "ood_heights": ood_heights, "ood_climb": ood_climb}
 HABIT_RATE = 0.65  # how often the demonstrator follows its habit where the habit applies
 WRONG_RATE = 0.2   # "wrong": how often the teacher's tools are wrong on the packing family
 
-# Conditions: what the teacher's tools can teach that the outcome cannot.
-#   hidden   the habit's answer is right on every training problem, wrong out of domain
-#   refuted  the same habit, on numbers as they fall: the outcome refutes it on most problems
-#   wrong    hidden, but the teacher's rounding tool is wrong on 20% of packing problems
-#   none     the original suite: the demonstrator is the teacher, no habit to unlearn
-CONDITIONS = ("hidden", "refuted", "wrong", "none")
+# Conditions: what the teacher's tools can teach that the outcome cannot, and where the
+# teacher's way is not the student's.
+#   hidden        the habit's answer is right on every training problem, wrong out of domain
+#   refuted       the same habit, on numbers as they fall: the outcome refutes it on most
+#   wrong         hidden, but the teacher's rounding tool is wrong on 20% of packing problems
+#   none          the original suite: the demonstrator is the teacher, no habit to unlearn
+#   capacity      the teacher skips a call the student needs
+#   alternatives  the student's own order of the teacher's tools is the robust one
+#   forgetting    hidden, and a warm start that also learned the original suite's ID families,
+#                 which the teacher never shows: the "warm" split (its problems) and
+#                 "test_retain" (their test, the original suite's test_id) measure what
+#                 training on the teacher's data keeps of them
+FAMILIES = {  # condition -> (ID families, OOD families)
+    "none": (list(ID_FAMILIES), list(OOD_FAMILIES)),
+    "capacity": (["cups_made", "shared_sum"],
+                 ["ood_cups_made", "ood_shared_sum"]),
+    "alternatives": (["restock"], ["ood_restock"]),
+}
+CONDITIONS = ("hidden", "refuted", "wrong", "none", "capacity", "alternatives", "forgetting")
+WARM_PROBLEMS = 400  # "forgetting": the warm start's problems of the skills the teacher skips
 
 # ----------------------------------------------------------------------- running a plan
 
@@ -327,6 +410,8 @@ def make_problem(condition: str, family: str, rng: random.Random, split: str,
     if family in HABIT_FAMILIES or family in HABIT_OOD:
         numbers = "free" if condition == "refuted" else "hidden"
         question, plan, habit = {**HABIT_FAMILIES, **HABIT_OOD}[family](rng, numbers)
+    elif family in OWN_WAY:
+        question, plan, habit = OWN_WAY[family](rng)
     else:
         fn = OOD_FAMILIES[family] if family.startswith("ood_") else ID_FAMILIES[family]
         question, plan = fn(rng, *RANGES.get(family, DEFAULT_RANGE))
@@ -363,14 +448,20 @@ def make_split(condition: str, split: str, families: list[str], count: int, seed
 def benchmark(condition: str = "hidden", n_train: int = 4000, n_test: int = 300,
               seed: int = 0) -> dict[str, list[Problem]]:
     """The fixed ID and OOD test sets and a training set of `n_train` problems, disjoint, of
-    one of CONDITIONS.
+    one of CONDITIONS ("forgetting" adds its "warm" and "test_retain" splits).
 
     Test sets depend only on the condition, `seed` and `n_test`, so every training-set size is
     scored on the same test problems."""
     if condition not in CONDITIONS:
         raise ValueError(f"unknown condition {condition!r}; choose from {', '.join(CONDITIONS)}")
-    id_families, ood_families = ((list(ID_FAMILIES), list(OOD_FAMILIES)) if condition == "none"
-                                 else (list(HABIT_FAMILIES), list(HABIT_OOD)))
+    if condition == "forgetting":
+        suite, skills = (benchmark(c, n_train, n_test, seed) for c in ("hidden", "none"))
+        warm = [replace(p, split="warm", id=f"warm-{i}")
+                for i, p in enumerate(skills["train"][:WARM_PROBLEMS])]
+        retain = [replace(p, split="test_retain", id=f"test_retain-{i}")
+                  for i, p in enumerate(skills["test_id"])]
+        return {**suite, "warm": warm, "test_retain": retain}
+    id_families, ood_families = FAMILIES.get(condition, (list(HABIT_FAMILIES), list(HABIT_OOD)))
     test_id = make_split(condition, "test_id", id_families, n_test, seed + 1, set())
     test_ood = make_split(condition, "test_ood", ood_families, n_test, seed + 2,
                           {p.question for p in test_id})

@@ -103,15 +103,21 @@ def llm_records(model_path: str, problems: list[tasks.Problem], samples: int, se
 # ------------------------------------------------------------------ the built-in data
 
 SPLITS = ("train", "test_id", "test_ood")
+# Only where the warm start has skills the teacher never shows ("forgetting"): the warm
+# start's problems of those skills, and their test.
+OPTIONAL = ("warm", "test_retain")
+TESTS = {"ID": "test_id", "OOD": "test_ood", "retain": "test_retain"}  # name -> split
 
 
 def split_paths(data_dir: str) -> dict[str, str]:
-    """The file of each split in `data_dir`: SPLIT.jsonl, or SPLIT.parquet where only that
-    exists."""
+    """The file of each split in `data_dir` (each of OPTIONAL only where it is there):
+    SPLIT.jsonl, or SPLIT.parquet where only that exists."""
     paths = {}
-    for split in SPLITS:
+    for split in SPLITS + OPTIONAL:
         jsonl, parquet = (os.path.join(data_dir, f"{split}.{ext}") for ext in ("jsonl", "parquet"))
-        paths[split] = parquet if os.path.exists(parquet) and not os.path.exists(jsonl) else jsonl
+        path = parquet if os.path.exists(parquet) and not os.path.exists(jsonl) else jsonl
+        if split in SPLITS or os.path.isfile(path):
+            paths[split] = path
     return paths
 
 
@@ -120,13 +126,20 @@ def missing_splits(paths: dict[str, str]) -> list[str]:
     return [path for path in paths.values() if not os.path.isfile(path)]
 
 
+def test_splits(paths: dict[str, str]) -> dict[str, list[dict]]:
+    """The test splits of ensure_data's `paths` by name (ID, OOD, and retain where there is
+    one), their records loaded without need of a teacher reference."""
+    return {name: files.load_records(paths[split], need_teacher=False)
+            for name, split in TESTS.items() if split in paths}
+
+
 def ensure_data(data_dir: str, condition: str = "hidden", n_train: int = 4000,
                 seed: int = 0) -> dict[str, str]:
-    """Paths of the three splits in `data_dir` (SPLIT.jsonl, or SPLIT.parquet). When none of
-    them exists, they are written: the built-in benchmark of `condition`, solved by the
-    scripted teacher (scripts call this on data/CONDITION only: a folder the user names must
-    hold the splits already); when only some do, files.DataError names the missing ones (the
-    user's own files are never overwritten)."""
+    """Paths of the splits in `data_dir` (split_paths). When none of the three exists, they
+    are written, with the condition's OPTIONAL ones: the built-in benchmark of `condition`,
+    solved by the scripted teacher (scripts call this on data/CONDITION only: a folder the user
+    names must hold the splits already); when only some do, files.DataError names the missing
+    ones (the user's own files are never overwritten)."""
     files.check_folder(data_dir)
     paths = split_paths(data_dir)
     missing = missing_splits(paths)
@@ -135,7 +148,7 @@ def ensure_data(data_dir: str, condition: str = "hidden", n_train: int = 4000,
     elif missing:
         raise files.DataError(f"{', '.join(missing)}: missing; give all three splits, "
                               "or none for the built-in benchmark")
-    return paths
+    return split_paths(data_dir)
 
 
 def data_error(data_dir: str | None) -> str | None:
@@ -152,7 +165,7 @@ def data_error(data_dir: str | None) -> str | None:
 
 def write_scripted(data_dir: str, condition: str, n_train: int, seed: int) -> dict[str, Counter]:
     """Solve the benchmark of `condition` with the scripted teacher, check every trajectory by
-    replay, write the three files. Returns the count of problems per family, per split."""
+    replay, write a file per split. Returns the count of problems per family, per split."""
     counts = {}
     for split, problems in tasks.benchmark(condition, n_train=n_train, seed=seed).items():
         records = []

@@ -124,12 +124,12 @@ def test_compare_reports_the_runs_of_a_redrawn_warm_start(tmp_path, no_training,
         finished_run(run)
         files.write_json(os.path.join(run.out, "eval.json"), {"ID": split, "OOD": split})
     monkeypatch.setattr(rl, "warm_accuracy", lambda run: 0.86 if run.out == redraw.out else 0.37)
-    monkeypatch.setattr(compare.teacher, "ensure_data", lambda data, condition: None)
+    monkeypatch.setattr(compare.teacher, "ensure_data", lambda data, condition: {})
     monkeypatch.setattr(compare, "curves", lambda runs, path: None)
     monkeypatch.setattr(sys, "argv", ["compare.py", "--out", str(tmp_path), "--seeds", "1",
                                       "--methods", "mentor", "--conditions", "hidden"])
     compare.main()  # the mentor run started from the redraw: reused, nothing trained
-    assert "hidden    mentor" in capsys.readouterr().out
+    assert "hidden        mentor" in capsys.readouterr().out
 
 
 def test_the_report_pairs_each_method_with_sparse_seed_by_seed(tmp_path):
@@ -147,11 +147,59 @@ def test_the_report_pairs_each_method_with_sparse_seed_by_seed(tmp_path):
                                                 "mentor": runs("mentor", mentor)}})
     assert results["hidden"]["mentor"]["OOD_minus_sparse"] == pytest.approx([0.243, 0.177, 0.176])
     assert results["hidden"]["sparse"]["OOD_minus_sparse"] == [0.0, 0.0, 0.0]
-    line = next(line for line in table.splitlines() if line.startswith("hidden    mentor"))
+    line = next(line for line in table.splitlines() if line.startswith("hidden        mentor"))
     assert line.endswith("0.199 ± 0.038") and "0.468 ± 0.084" in line  # paired spread: 2x smaller
     # without a sparse run there is nothing to pair with
     results, table = compare.report({"hidden": {"mentor": runs("alone", mentor)}})
     assert "OOD_minus_sparse" not in results["hidden"]["mentor"]
+
+
+def test_the_report_has_a_retention_column_where_a_condition_has_one(tmp_path):
+    for condition, retain in (("hidden", None), ("forgetting", [0.7, 0.5])):
+        for seed, kept in enumerate(retain or [None, None]):
+            split = {"accuracy": 0.5, "same_tools": 0.5, "by_family": {"heights": 0.5}}
+            evals = {"ID": split, "OOD": split}
+            if kept is not None:
+                evals["retain"] = {"accuracy": kept, "by_family": {"add_more": kept}}
+            files.write_json(str(tmp_path / condition / f"sft-all-s{seed}" / "eval.json"), evals)
+    results, table = compare.report({c: {"sft-all": [str(tmp_path / c / f"sft-all-s{s}")
+                                                     for s in (0, 1)]}
+                                      for c in ("hidden", "forgetting")})
+    assert results["forgetting"]["sft-all"]["retain_accuracy"] == [0.7, 0.5]
+    assert results["forgetting"]["sft-all"]["by_family"]["add_more"] == [0.7, 0.5]
+    lines = table.splitlines()
+    assert "retain acc" in lines[0]
+    assert lines[1].startswith("hidden") and lines[1].rstrip().endswith(" -")
+    assert lines[2].startswith("forgetting") and lines[2].rstrip().endswith("0.600 ± 0.141")
+
+
+def test_a_run_from_before_a_flag_existed_is_reused_while_the_flag_is_off(tmp_path):
+    args = compare.parse_args(["--out", str(tmp_path)])
+    run = compare.method_args("forgetting", "sft-all", 0, str(tmp_path / "warm-s0"), args)
+    finished_run(run)
+    saved = json.load(open(os.path.join(run.out, "args.json")))
+    del saved["replay"], saved["holdout"]  # as sft.py wrote it before these flags
+    files.write_json(os.path.join(run.out, "args.json"), saved)
+    assert files.finished_run(run)
+    run.replay = 0.2
+    with pytest.raises(files.DataError, match="trained with replay=unset, this run asks for 0.2"):
+        files.finished_run(run)
+
+
+def test_compare_replays_only_where_there_is_a_warm_split(tmp_path, no_training, monkeypatch):
+    monkeypatch.setattr(compare.teacher, "ensure_data", lambda data, condition: {})
+    monkeypatch.setattr(sys, "argv", ["compare.py", "--out", str(tmp_path), "--conditions",
+                                      "hidden", "--methods", "sparse", "sft-replay"])
+    with pytest.raises(SystemExit) as e:
+        compare.main()
+    assert e.value.code == ("error: sft-replay: the hidden condition has no warm split to replay "
+                            "(forgetting has one)")
+    args = compare.parse_args(["--out", str(tmp_path)])
+    replay = compare.method_args("forgetting", "sft-replay", 0, "warm", args)
+    plain = compare.method_args("forgetting", "sft-all", 0, "warm", args)
+    assert replay.replay == 0.2 and plain.replay == 0
+    assert {k: v for k, v in vars(replay).items() if k not in ("replay", "out")} == \
+        {k: v for k, v in vars(plain).items() if k not in ("replay", "out")}
 
 
 def test_compare_refuses_a_finished_run_without_args(tmp_path, no_training):
@@ -168,7 +216,7 @@ def test_compare_main_stops_before_training_anything(tmp_path, no_training, monk
     old = compare.parse_args(["--out", str(tmp_path)])
     finished_run(compare.method_args("hidden", "mentor", 0, str(tmp_path / "hidden" / "warm-s0"),
                                      old))
-    monkeypatch.setattr(compare.teacher, "ensure_data", lambda data, condition: None)
+    monkeypatch.setattr(compare.teacher, "ensure_data", lambda data, condition: {})
     monkeypatch.setattr(sys, "argv", ["compare.py", "--out", str(tmp_path), "--seeds", "1",
                                       "--methods", "mentor", "--conditions", "hidden",
                                       "--rl-steps", "5"])

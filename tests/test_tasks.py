@@ -371,3 +371,71 @@ HAND_TOOL = {"full": "floor", "needed": "ceil", "nearest": "round_number"}
 def test_an_unknown_condition_is_refused():
     with pytest.raises(ValueError, match="unknown condition 'easy'"):
         tasks.benchmark("easy", n_train=10, n_test=10)
+
+
+# ------------------------------------------------------------------- the student's own way
+
+HAND_OWN = {  # the right answers, by hand from the question's numbers
+    "cups_made": lambda n: (n[0] + n[1]) * n[2],
+    "shared_sum": lambda n: round((n[0] + n[1]) / n[2], 2),
+    "restock": lambda n: n[0] + n[1] - n[2],
+}
+
+
+def first_results(plan: list) -> list[float]:
+    """The result of each call but the last: what one call passes to the next."""
+    turns, _ = tasks.run_plan(plan)
+    return [float(c["result"]) for turn in turns for c in turn][:-1]
+
+
+def test_the_student_s_own_way_is_right_in_and_out_of_domain(conditions):
+    for condition in ("capacity", "alternatives"):
+        for problems in conditions[condition].values():
+            for p in problems:
+                hand = HAND_OWN[p.family.removeprefix("ood_")](numbers(p.question))
+                assert float(p.answer) == pytest.approx(hand), p.question
+                assert tasks.run_plan(p.plan)[1] == p.answer
+                # the demonstrator writes its own way or the teacher's, both right
+                assert p.habit is None or tasks.run_plan(p.habit)[1] == p.answer
+                assert p.demo in (None, p.habit)
+
+
+def test_capacity_the_teacher_adds_one_digit_numbers_in_its_head_their_sums_grow_ood(
+        conditions):
+    splits = conditions["capacity"]
+    for split in ("train", "test_id", "test_ood"):
+        for p in splits[split]:
+            a, b = numbers(p.question)[:2]
+            first = p.plan[0][0]
+            if not p.habit:  # a number of two digits: the teacher calls add, as the student does
+                assert split != "test_ood" and 10 <= max(a, b) <= 19 and min(a, b) >= 1
+                assert first == ("add", {"a": a, "b": b})
+                continue
+            # one digit each: the teacher writes their sum into its first call
+            assert a < 10 and b < 10 and first[1]["a"] == a + b
+            assert (a + b >= 10) == (split == "test_ood")
+            assert p.habit[0] == [("add", {"a": a, "b": b})]
+            teacher = {name for turn in p.plan for name, _ in turn}
+            assert {name for turn in p.habit for name, _ in turn} == teacher | {"add"}
+    # at full size, the add tool's results in domain cover the sums out of domain, and more
+    results = {sum(numbers(p.question)[:2]) for p in tasks.benchmark("capacity")["train"]
+               if not p.habit}
+    assert set(range(11, 19)) <= results and max(results) == 38
+    in_head = [bool(p.habit) for p in splits["train"]]
+    assert 0.2 < sum(in_head) / len(in_head) < 0.4
+    followed = [p.demo == p.habit for p in splits["train"] if p.habit]
+    assert abs(sum(followed) / len(followed) - tasks.HABIT_RATE) < 0.07
+
+
+def test_alternatives_only_the_teacher_s_order_passes_a_negative_number_out_of_domain(
+        conditions):
+    splits = conditions["alternatives"]
+    for split in ("train", "test_id", "test_ood"):
+        for p in splits[split]:
+            names = lambda plan: [name for turn in plan for name, _ in turn]  # noqa: E731
+            assert names(p.plan) == ["subtract", "add"] and names(p.habit) == ["add", "subtract"]
+            assert first_results(p.habit)[0] > 0  # the student's order: a + b
+            passed = first_results(p.plan)[0]  # the teacher's: a - sold
+            assert passed < 0 if split == "test_ood" else passed > 0
+    followed = [p.demo == p.habit for p in splits["train"]]
+    assert abs(sum(followed) / len(followed) - tasks.HABIT_RATE) < 0.07

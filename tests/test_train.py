@@ -213,6 +213,7 @@ def test_evaluate_reports_every_metric_with_examples(warm):
     (rl, ["--group", "1"]), (rl, ["--reward", "dense"]), (rl, ["--save-every", "0"]),
     (rl, ["--temperature", "0"]), (rl, ["--eval-limit", "0"]), (rl, ["--warmup", "-1"]),
     (sft, ["--eval-limit", "0"]), (sft, ["--eval-every", "-1"]), (sft, ["--limit", "0"]),
+    (sft, ["--replay", "1"]), (sft, ["--replay", "-0.1"]), (sft, ["--holdout", "-1"]),
     (rl, ["--data", "no/such/dir"]), (sft, ["--data", "no/such/dir"]),
     (evaluate, ["runs/sft", "--limit", "0"]), (evaluate, ["runs/sft", "--max-turns", "0"]),
     (evaluate, ["runs/sft", "--data", "a/test.jsonl", "b/test.jsonl"]),
@@ -251,6 +252,7 @@ def run_cli(*argv: str, cwd) -> subprocess.CompletedProcess:
     (evaluate, ["runs/none"], "runs/none"),
     (evaluate, ["runs/warm", "--data", "missing.jsonl"], "missing.jsonl: no such file"),
     (sft, ["--steps", "1", "--out", "data/hidden/train.jsonl"], "data/hidden/train.jsonl"),
+    (sft, ["--replay", "0.2", "--steps", "1"], "no warm split to replay"),
 ])
 def test_bad_input_gives_one_line_and_nonzero_exit(warm, script, argv, message):
     with pytest.raises(SystemExit) as e:
@@ -283,6 +285,41 @@ def test_llm_teacher_keeps_only_trajectories_that_reach_the_answer(warm):
     assert teacher.llm_records("runs/tiny", problems[:2], samples=1, seed=0) == []
 
 
+@pytest.fixture(scope="module")
+def forgetting(workdir):
+    """The forgetting condition, small: hidden's splits, a warm split and test_retain."""
+    for split, problems in tasks.benchmark("forgetting", n_train=200, n_test=8).items():
+        files.write_jsonl(str(workdir / "data" / "forgetting" / f"{split}.jsonl"),
+                          [teacher.record(p, teacher.trajectory(p)) for p in problems])
+    return teacher.ensure_data("data/forgetting", "forgetting")
+
+
+def test_sft_replays_the_warm_split_and_scores_a_held_out_validation_split(forgetting, warm,
+                                                                          monkeypatch, capsys):
+    batches, real = [], sft.train_step
+    monkeypatch.setattr(sft, "train_step", lambda policy, opt, ids, mask:
+                        batches.append(ids) or real(policy, opt, ids, mask))
+    sft.train(sft.parse_args(["--condition", "forgetting", "--model", warm, "--steps", "3",
+                              "--batch-size", "10", "--replay", "0.2", "--holdout", "20",
+                              "--eval-every", "0", "--out", "runs/replay"]))
+    _, tok = model.load(warm)
+    records = {split: files.load_records(forgetting[split]) for split in ("train", "warm")}
+    source = lambda row: next(split for split, recs in records.items()  # noqa: E731
+                              for r in recs if r["question"] in tok.decode(row))
+    for ids in batches:  # 8 of each 10 from the teacher's problems, 2 replayed
+        assert [source(row) for row in ids] == ["train"] * 8 + ["warm"] * 2
+    held_out = {r["question"] for r in records["train"][-20:]}
+    assert not any(q in tok.decode(row) for ids in batches for row in ids for q in held_out)
+    result = json.load(open("runs/replay/eval.json"))
+    assert set(result) == {"ID", "OOD", "retain", "val"} and result["val"]["problems"] == 20
+    assert set(result["retain"]["by_family"]) <= set(tasks.ID_FAMILIES)
+    # the warm start learns the warm split besides its --limit of training problems
+    sft.train(sft.parse_args(["--condition", "forgetting", "--traces", "demo", "--limit", "30",
+                              "--steps", "1", "--eval-every", "0", "--eval-limit", "1",
+                              "--out", "runs/warm-forgetting"]))
+    assert f"sft: {30 + len(records['warm'])} trajectories" in capsys.readouterr().out
+
+
 def test_the_warm_start_gate_solves_training_problems_the_warm_start_never_saw(warm, monkeypatch):
     seen, real = [], evaluate.evaluate
     monkeypatch.setattr(evaluate, "evaluate", lambda policy, tokenizer, records:
@@ -310,7 +347,7 @@ def test_compare_runs_every_method_over_seeds_and_reuses_finished_runs(warm, mon
     compare.main()
     out = capsys.readouterr().out
     for method in ("warm", "sft-matched", "mentor"):
-        assert any(line.startswith(f"hidden    {method} ") and "±" in line
+        assert any(line.startswith(f"hidden        {method} ") and "±" in line
                    for line in out.splitlines()), method
     results = json.load(open("runs/cmp/results.json"))
     assert results["seeds"] == 2 and len(results["hidden"]["mentor"]["OOD_accuracy"]) == 2
