@@ -7,11 +7,13 @@ trajectories versus GRPO with the sparse, strict and MENTOR rewards.
 
 Methods: sft-matched (the teacher's trajectories of the very problems GRPO samples, as many
 as it samples), sft-all (all teacher data, 300 steps of 32), and GRPO with each reward (40
-steps of 16 problems x 8 samples).
+steps of 16 problems x 8 samples); on request sft-replay (sft-all with a fifth of each batch
+from the warm start's skills the teacher never shows: the forgetting condition's).
 Prints, per condition, ID and OOD accuracy, the share of OOD answers that use exactly the
-teacher's tools, and OOD accuracy minus sparse GRPO's seed by seed, mean and spread over
-seeds, and writes runs/compare/results.json (with per-family accuracy) and curves.png
-(matplotlib, if installed). Each seed's warm start must pass rl.WARM_GATE (else it is drawn
+teacher's tools, accuracy on the retained skills (where a condition has them), and OOD
+accuracy minus sparse GRPO's seed by seed, mean and spread over seeds, and writes
+runs/compare/results.json (with per-family accuracy) and curves.png (matplotlib, if
+installed). Each seed's warm start must pass rl.WARM_GATE (else it is drawn
 again) before any method starts from it. Finished runs are reused, so a rerun only does
 what is missing; a finished run of other settings stops the comparison with an error instead
 of being reported as if it were this one.
