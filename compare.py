@@ -13,10 +13,10 @@ Prints, per condition, ID and OOD accuracy, the share of OOD answers that use ex
 teacher's tools, accuracy on the retained skills (where a condition has them), and OOD
 accuracy minus sparse GRPO's seed by seed, mean and spread over seeds, and writes
 runs/compare/results.json (with per-family accuracy) and curves.png (matplotlib, if
-installed). Each seed's warm start must pass rl.WARM_GATE (else it is drawn
-again) before any method starts from it. Finished runs are reused, so a rerun only does
-what is missing; a finished run of other settings stops the comparison with an error instead
-of being reported as if it were this one.
+installed). Each seed's warm start must pass rl.WARM_GATE (else it is drawn again) before
+any method starts from it. Finished runs are reused, so a rerun only does what is missing;
+a finished run of other settings stops the comparison with an error instead of being
+reported as if it were this one.
 """
 import argparse
 import json
