@@ -184,11 +184,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.data is None:
             paths = teacher.ensure_data(os.path.join("data", args.condition), args.condition)
-            tests = {name: paths[split] for name, split in teacher.TESTS.items() if split in paths}
+            splits = teacher.test_splits(paths)
         else:
-            tests = dict(zip(args.names, args.data))
-        splits = {name: files.load_records(path, need_teacher=False)[:args.limit]
-                  for name, path in tests.items()}
+            splits = {name: files.load_records(path, need_teacher=False)
+                      for name, path in zip(args.names, args.data)}
+        splits = {name: recs[:args.limit] for name, recs in splits.items()}
         results = {}
         for run in args.runs:
             policy, tokenizer = student.load(run, device=args.device)

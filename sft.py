@@ -131,6 +131,12 @@ def conversation(tokenizer, record: dict, messages: list[dict]) -> list[dict]:
     return student.prompt(tokenizer, record["question"]) + messages[first:]
 
 
+def trace(record: dict, demo: bool) -> list[dict] | None:
+    """The messages SFT learns from a record: the demonstrator's where `demo` and it wrote
+    one (the warm start's data), else the teacher's."""
+    return (record["demo"] if demo and record["demo"] else record["teacher"])["messages"]
+
+
 def train(args: argparse.Namespace) -> dict[str, dict]:
     """Run SFT as configured by `args`; returns the final evaluation per split."""
     torch.manual_seed(args.seed)
@@ -148,8 +154,7 @@ def train(args: argparse.Namespace) -> dict[str, dict]:
     warm = files.load_records(paths["warm"]) if "warm" in paths else []
     if args.traces == "demo":
         records += warm
-    traces = [(r["demo"] if args.traces == "demo" and r["demo"] else r["teacher"])["messages"]
-              for r in records]
+    traces = [trace(r, args.traces == "demo") for r in records]
     if not all(traces):
         raise files.DataError(f"{paths['train']}: records without trajectories (messages) "
                               "to learn from")
@@ -159,7 +164,7 @@ def train(args: argparse.Namespace) -> dict[str, dict]:
     encode = lambda r, t: student.encode(tokenizer, conversation(tokenizer, r, t),  # noqa: E731
                                          tools.schemas())
     examples = [encode(r, t) for r, t in zip(records, traces)]
-    replays = [encode(r, (r["demo"] or r["teacher"])["messages"]) for r in warm if args.replay]
+    replays = [encode(r, trace(r, demo=True)) for r in warm if args.replay]
     n_replay = round(args.replay * args.batch_size)
     os.makedirs(args.out, exist_ok=True)
     files.write_json(os.path.join(args.out, "args.json"), vars(args))
